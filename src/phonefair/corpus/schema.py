@@ -8,6 +8,8 @@ Tables
 ------
 ``phones``      one row per aligned phone token, in a stable order (sorted by recording, then start time).
                 The row position *is* the token id: embedding stores keep rows aligned with this table.
+                Loaders may add corpus-specific columns after the standard ones (e.g. L2-ARCTIC's
+                ``canonical`` phone and ``error_type``).
 ``speakers``    one row per speaker: ``speaker`` plus every demographic attribute the corpus has. The standard
                 attributes have fixed names (``gender``, ``age``, ``age_band``, ``dialect``, ``accent``, ``l1``);
                 any other column is a free-form corpus-specific attribute and is kept as is.
@@ -130,7 +132,7 @@ class Corpus:
     extra: dict[str, Any] = field(default_factory=dict)  # loader options etc., kept in the manifest
 
     def __post_init__(self) -> None:
-        self.phones = _typed(self.phones, PHONE_COLUMNS, "phones", extra_ok=False)
+        self.phones = _typed(self.phones, PHONE_COLUMNS, "phones", extra_ok=True)
         self.phones = self.phones.sort_values(["recording_id", "start"], kind="stable").reset_index(drop=True)
         self.speakers = _typed(self.speakers, SPEAKER_COLUMNS, "speakers", extra_ok=True)
         self.recordings = _typed(self.recordings, RECORDING_COLUMNS, "recordings", extra_ok=False)

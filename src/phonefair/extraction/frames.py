@@ -1,0 +1,149 @@
+"""Frame arithmetic and phone pooling: which encoder frames belong to which phone, and how they are averaged.
+
+All wav2vec-style encoders (wav2vec 2.0, XLS-R, MMS, HuBERT, WavLM, data2vec-audio) share one convolutional
+front end (kernels 10,3,3,3,3,2,2; strides 5,2,2,2,2,2,2), so at 16 kHz
+
+* frame ``i`` covers samples ``[320 i, 320 i + 400)``: hop 20 ms, receptive field 25 ms;
+* its centre is at ``0.02 i + 0.0125`` s;
+* an utterance of ``N`` samples has ``floor((N - 400) / 320) + 1`` frames (none when ``N < 400``).
+
+The Whisper encoder has the same 20 ms hop but centred frames (centre ``0.02 i`` s); see
+:mod:`phonefair.encoders.hf`. The phone rule is written in terms of a :class:`FrameGrid` so it serves both.
+
+Phone -> frames rule (``FRAME_RULE``): a phone ``[start, end)`` owns the frames whose centre lies in ``[start, end)``.
+When no centre falls inside (phones shorter than a hop, e.g. TIMIT closures and flaps) it gets the single frame
+whose centre is nearest the phone midpoint. Indices are clipped to ``[0, T)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+#: receptive field and hop of the wav2vec-style CNN, in samples at 16 kHz
+RECEPTIVE_FIELD = 400
+HOP = 320
+
+Pooling = Literal["mean", "center", "middle_third"]
+POOLINGS: tuple[str, ...] = ("mean", "center", "middle_third")
+
+FRAME_RULE = ("frames whose centre (offset + hop*i) lies in [start, end); if none, the single frame whose centre is "
+              "nearest the phone midpoint; indices clipped to [0, T)")
+
+
+@dataclass(frozen=True)
+class FrameGrid:
+    """Where encoder frames sit in time: frame ``i`` is centred at ``offset + hop * i`` seconds."""
+
+    hop: float = HOP / SAMPLE_RATE  # 0.02 s
+    offset: float = (RECEPTIVE_FIELD / 2) / SAMPLE_RATE  # 0.0125 s
+
+    def centres(self, n_frames: int) -> np.ndarray:
+        return self.offset + self.hop * np.arange(n_frames)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"hop_s": self.hop, "offset_s": self.offset}
+
+
+WAV2VEC_GRID = FrameGrid()
+WHISPER_GRID = FrameGrid(hop=HOP / SAMPLE_RATE, offset=0.0)
+
+
+def num_frames(n_samples: int) -> int:
+    """Number of wav2vec-style CNN frames for ``n_samples`` samples at 16 kHz: ``floor((N-400)/320)+1``, 0 if N<400."""
+    if n_samples < RECEPTIVE_FIELD:
+        return 0
+    return (n_samples - RECEPTIVE_FIELD) // HOP + 1
+
+
+def _ceil_index(t: np.ndarray, grid: FrameGrid) -> np.ndarray:
+    # first frame index whose centre is >= t. The small epsilon keeps times that sit exactly on a frame centre
+    # (e.g. 0.0325 s) from being pushed to the next frame by binary floating point.
+    return np.ceil((t - grid.offset) / grid.hop - 1e-9).astype(np.int64)
+
+
+def phone_frame_ranges(start: np.ndarray, end: np.ndarray, n_frames: int, grid: FrameGrid = WAV2VEC_GRID
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised frame ranges for many phones of one utterance.
+
+    Returns ``(lo, hi, clamped)``: frames ``lo[k] <= i < hi[k]`` belong to phone ``k`` (always at least one frame
+    when ``n_frames > 0``); ``clamped[k]`` is True when the phone lies (by its midpoint) outside the audio's frames
+    and was clamped to the first/last frame.
+    """
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    if n_frames <= 0:
+        raise ValueError("utterance has no encoder frames (audio shorter than one receptive field)")
+    lo = np.clip(_ceil_index(start, grid), 0, n_frames)
+    hi = np.clip(_ceil_index(end, grid), 0, n_frames)
+    empty = hi <= lo
+    mid = (start + end) / 2
+    nearest = np.floor((mid - grid.offset) / grid.hop + 0.5).astype(np.int64)  # round half up, deterministic
+    clamped = empty & ((nearest < 0) | (nearest >= n_frames))
+    nearest = np.clip(nearest, 0, n_frames - 1)
+    lo = np.where(empty, nearest, lo)
+    hi = np.where(empty, nearest + 1, hi)
+    return lo, hi, clamped
+
+
+def phone_frames(start: float, end: float, n_frames: int, grid: FrameGrid = WAV2VEC_GRID) -> tuple[int, int]:
+    """Frame range ``(lo, hi)`` (``hi`` exclusive) of one phone ``[start, end)`` seconds; see :data:`FRAME_RULE`."""
+    lo, hi, _ = phone_frame_ranges(np.array([start]), np.array([end]), n_frames, grid)
+    return int(lo[0]), int(hi[0])
+
+
+def pooling_ranges(start: np.ndarray, end: np.ndarray, n_frames: int, pooling: str,
+                   grid: FrameGrid = WAV2VEC_GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame ranges actually averaged for ``pooling``.
+
+    * ``"mean"``: every frame of the phone (:func:`phone_frame_ranges`).
+    * ``"center"``: the one frame of the phone's range whose centre is nearest the phone midpoint.
+    * ``"middle_third"``: the frame rule applied to the middle third of the phone in time,
+      ``[start + d/3, end - d/3)``, with the same nearest-to-midpoint fallback.
+    """
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    lo, hi, clamped = phone_frame_ranges(start, end, n_frames, grid)
+    if pooling == "mean":
+        return lo, hi, clamped
+    if pooling == "center":
+        mid = (start + end) / 2
+        c = np.floor((mid - grid.offset) / grid.hop + 0.5).astype(np.int64)
+        c = np.clip(c, lo, hi - 1)
+        return c, c + 1, clamped
+    if pooling == "middle_third":
+        d = (end - start) / 3
+        lo3, hi3, _ = phone_frame_ranges(start + d, end - d, n_frames, grid)
+        return lo3, hi3, clamped
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
+def pool(hidden: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mean of ``hidden[lo[k]:hi[k]]`` for every phone ``k``: ``[T, D] -> [P, D]`` float32.
+
+    One cumulative sum (float64, so long utterances do not lose precision) serves all phones.
+    """
+    if hidden.ndim != 2:
+        raise ValueError(f"hidden states must be [T, D], got shape {hidden.shape}")
+    lo = np.asarray(lo, dtype=np.int64)
+    hi = np.asarray(hi, dtype=np.int64)
+    if len(lo) and (lo.min() < 0 or hi.max() > hidden.shape[0] or (hi <= lo).any()):
+        raise ValueError(f"invalid frame ranges for {hidden.shape[0]} frames")
+    csum = np.zeros((hidden.shape[0] + 1, hidden.shape[1]), dtype=np.float64)
+    np.cumsum(hidden, axis=0, dtype=np.float64, out=csum[1:])
+    out = (csum[hi] - csum[lo]) / (hi - lo)[:, None]
+    return out.astype(np.float32)
+
+
+def whisper_num_frames(n_samples: int, max_frames: int) -> int:
+    """Whisper encoder frames that carry real audio: frame ``i`` (centre ``320 i`` samples) is real iff its centre
+    lies inside the audio, ``320 i < N``, so ``T = ceil(N / 320)``, capped at the window's ``max_frames``.
+
+    This matches the feature extractor's own attention mask (mel frame ``j`` is real iff ``160 j < N``, and encoder
+    frame ``i`` is centred on mel frame ``2 i``).
+    """
+    return min(math.ceil(n_samples / HOP), max_frames)
