@@ -152,6 +152,7 @@ def test_normalize_unknown_policies() -> None:
     assert len(probs) == 2
     pt = next(p for p in probs if "'PT'" in p["message"])
     assert "2 token(s)" in pt["message"] and pt["file"] == "/c/r1.TextGrid" and pt["action"] == "dropped phone"
+    assert pt["severity"] == "error"
     assert set(pt) == set(PROBLEM_COLUMNS)
     problems_frame(probs)  # schema-compatible
     assert out.attrs["provenance"]["n_unknown"] == 3 and out.attrs["provenance"]["phone_scheme"] == "arpabet"
@@ -159,7 +160,7 @@ def test_normalize_unknown_policies() -> None:
     kept, probs = normalize_phones(df, "arpabet", unknown="keep")
     assert len(kept) == 6 and kept["phone"].isna().sum() == 3
     assert kept["phone_raw"].tolist() == df["phone_raw"].tolist()
-    assert probs[0]["action"] == "kept with phone=<NA>"
+    assert probs[0]["action"] == "kept with phone=<NA>" and probs[0]["severity"] == "warning"
 
     with pytest.raises(UnknownPhoneError, match=r"'PT'.*recording 'r1'.*r1\.TextGrid"):
         normalize_phones(df, "arpabet", unknown="error", file_column="file")
@@ -171,6 +172,7 @@ def test_normalize_timit_q_deleted_and_reported() -> None:
     assert out["phone"].tolist() == ["sil", "ih"]
     assert out["phone_raw"].tolist() == ["h#", "ix"]
     assert len(probs) == 1 and "deleted" in probs[0]["message"] and "2 token(s)" in probs[0]["message"]
+    assert probs[0]["severity"] == "info"
 
 
 def test_normalize_bad_args() -> None:

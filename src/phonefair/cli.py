@@ -1,8 +1,215 @@
-"""The ``phonefair`` command (placeholder until the CLI lands)."""
+"""The ``phonefair`` command: a thin shell over :mod:`phonefair.pipeline` and :mod:`phonefair.config`.
+
+Exit codes: 0 ok, 1 analysis/run failure, 2 usage or configuration error, 3 data/validation error. Errors print
+one line (``phonefair: error: ...``); ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
-def main(argv: list[str] | None = None) -> int:
-    print("phonefair: CLI under construction")
-    return 0
+EXIT_OK, EXIT_RUN, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
+
+_EPILOG = """\
+examples:
+  phonefair demo --out demo-out          # synthetic corpus + tiny random encoder, a few minutes on a CPU
+  phonefair init --preset timit > my.toml
+  phonefair validate my.toml             # check the config and the corpus before a long run
+  phonefair run my.toml                  # everything; a rerun skips finished stages
+  phonefair probe my.toml                # only up to the probes (extraction reused if cached)
+  phonefair validate --kind textgrid --root data/my-corpus
+
+exit codes: 0 ok, 1 run failure, 2 usage/config error, 3 data/validation error.
+Configuration reference: docs/usage.md (presets: phonefair init --list).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with code 2 on usage errors already; keep that, but route through main()."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="phonefair", formatter_class=fmt, epilog=_EPILOG,
+                description="Why do self-supervised speech encoders serve some speaker groups worse? "
+                            "Phone-level probes per group, random-vs-systematic error typology, HTML report.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def cmd(name: str, help: str, epilog: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=fmt)
+
+    r = cmd("run", "Run every stage for CONFIG (corpus → groups → extract → probe → analyze → report).",
+            "example:\n  phonefair run my.toml --stages corpus,groups,extract,probe,report\n"
+            "Finished stages are cached under [output] dir and skipped on a rerun.")
+    r.add_argument("config", type=Path, help="TOML run configuration (phonefair init --preset NAME > my.toml)")
+    r.add_argument("--stages", help="comma-separated subset of: corpus,groups,extract,probe,analyze,report")
+    r.add_argument("--out", type=Path, help="override [output] dir")
+
+    d = cmd("demo", "Synthetic multi-accent corpus + tiny random wav2vec2 through every stage. Shows the "
+                    "machinery, not a finding.", "example:\n  phonefair demo --out demo-out --quick")
+    d.add_argument("--out", type=Path, default=Path("phonefair-demo"), help="output folder (default: %(default)s)")
+    d.add_argument("--quick", action="store_true", help="fewer speakers, seeds and resamples (about a minute)")
+
+    v = cmd("validate", "Check a config and its corpus (or a corpus folder) and print the problems found.",
+            "examples:\n  phonefair validate my.toml\n  phonefair validate --kind timit --root data/TIMIT "
+            "--group-by dialect")
+    v.add_argument("config", type=Path, nargs="?", help="TOML run configuration")
+    v.add_argument("--kind", help="corpus kind (timit, l2arctic, buckeye, textgrid, lhotse, saved)")
+    v.add_argument("--root", type=Path, help="corpus folder")
+    v.add_argument("--group-by", help="speaker attribute to check group sizes for")
+    v.add_argument("--min-speakers", type=int, default=5, help="minimum speakers per group (default: 5)")
+
+    s = cmd("synth", "Build a synthetic multi-accent corpus (espeak-ng) in OUT.",
+            "example:\n  phonefair synth synth-out --speakers-per-group 6 --sentences-per-speaker 8")
+    s.add_argument("out", type=Path, help="output folder")
+    s.add_argument("--speakers-per-group", type=int, default=6)
+    s.add_argument("--sentences-per-speaker", type=int, default=6)
+    s.add_argument("--accents", help="comma-separated accent names (default: the synthesiser's set)")
+    s.add_argument("--seed", type=int, default=0)
+
+    for name, stage, helptext in [("extract", "extract", "Load the corpus, assign groups and extract embeddings."),
+                                  ("probe", "probe", "Run up to the per-group probes."),
+                                  ("analyze", "analyze", "Run the random-vs-systematic typology (reuses "
+                                                         "probes when cached)."),
+                                  ("report", "report", "Render report.html from the cached results.")]:
+        c = cmd(name, helptext, f"example:\n  phonefair {name} my.toml")
+        c.add_argument("config", type=Path, help="TOML run configuration")
+        c.add_argument("--out", type=Path, help="override [output] dir")
+        c.set_defaults(stages={"extract": ["corpus", "groups", "extract"],
+                               "probe": ["corpus", "groups", "probe"],
+                               "analyze": ["corpus", "groups", "probe", "analyze"],
+                               "report": ["corpus", "groups", "report"]}[stage])
+
+    i = cmd("init", "Print a preset configuration to edit.", "example:\n  phonefair init --preset timit > my.toml")
+    i.add_argument("--preset", default="demo", help="preset name (default: %(default)s; see --list)")
+    i.add_argument("--list", action="store_true", help="list the presets")
+    return p
+
+
+def _print_summary(result: object) -> None:
+    from phonefair.pipeline import headline_lines
+
+    lines = headline_lines(result.summary)  # type: ignore[attr-defined]
+    for line in lines:
+        print(line)
+    rp = result.report_path  # type: ignore[attr-defined]
+    print(f"outputs: {result.out_dir}" + (f"  report: {rp}" if rp else ""))  # type: ignore[attr-defined]
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from phonefair import config as C
+    from phonefair import pipeline as P
+
+    progress = not args.quiet
+    if args.command == "init":
+        if args.list:
+            print("\n".join(C.list_presets()))
+        else:
+            sys.stdout.write(C.preset_text(args.preset))
+        return EXIT_OK
+    if args.command == "demo":
+        res = P.demo(args.out, quick=args.quick, progress=progress)
+        _print_summary(res)
+        return EXIT_OK
+    if args.command == "synth":
+        from phonefair.pipeline import _call, _import
+
+        build = _import("phonefair.synth.corpus", "build_synthetic_corpus", "synth")
+        kw: dict[str, object] = dict(speakers_per_group=args.speakers_per_group,
+                                     sentences_per_speaker=args.sentences_per_speaker, seed=args.seed)
+        if args.accents:
+            kw["accents"] = [a.strip() for a in args.accents.split(",") if a.strip()]
+        corpus = _call(build, args.out, **kw)
+        print(repr(corpus))
+        return EXIT_OK
+    if args.command == "validate":
+        return _validate(args)
+    cfg = C.load_config(args.config)
+    if getattr(args, "out", None) is not None:
+        cfg = cfg.replace_output(args.out)
+    if args.command == "run":
+        stages = None if not args.stages else [s.strip() for s in args.stages.split(",") if s.strip()]
+    else:
+        stages = args.stages
+    res = P.run(cfg, stages=stages, progress=progress)
+    _print_summary(res)
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from phonefair import config as C
+    from phonefair import pipeline as P
+
+    if args.config is not None:
+        if args.kind or args.root:
+            raise _UsageError("give either CONFIG or --kind/--root, not both")
+        cfg = C.load_config(args.config)
+        corpus = P.load_corpus_stage(cfg, cfg.out_dir)
+        problems, summary, ok, text = P.validate_stage(corpus, cfg)
+    else:
+        if not (args.kind and args.root):
+            raise _UsageError("validate needs CONFIG or both --kind and --root")
+        cfg = C.parse_config({"corpus": {"kind": args.kind, "root": str(args.root)},
+                              "groups": {"attribute": args.group_by or "speaker",
+                                         "min_speakers": args.min_speakers},
+                              "encoders": [{"model": "none"}]}, source="command line", base_dir=Path.cwd())
+        corpus = P.load_corpus_stage(cfg, Path.cwd())
+        problems, summary, ok, text = P.validate_stage(corpus, cfg, group_by=args.group_by)
+    print(repr(corpus))
+    print(text or f"{len(problems)} problem(s) recorded by the loader")
+    return EXIT_OK if ok else EXIT_DATA
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``phonefair`` command; returns the exit code."""
+    parser = build_parser()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return _dispatch(args)
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - map every failure to one line + an exit code
+        from phonefair.config import ConfigError
+        from phonefair.corpus.schema import CorpusError
+
+        if isinstance(exc, (_UsageError, ConfigError)):
+            code = EXIT_USAGE
+        elif isinstance(exc, CorpusError):
+            code = EXIT_DATA
+        else:  # RunError and anything unexpected inside a stage
+            code = EXIT_RUN
+        if debug:
+            traceback.print_exc()
+        else:
+            msg = str(exc).strip() or type(exc).__name__
+            first, _, rest = msg.partition("\n")
+            print(f"phonefair: error: {first}" + (f"\n{rest}" if rest and code == EXIT_DATA else ""),
+                  file=sys.stderr)
+            if code == EXIT_RUN:
+                print("phonefair: (run again with --debug for the traceback)", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("phonefair: interrupted (finished stages are cached; rerun to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

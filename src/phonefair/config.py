@@ -55,13 +55,17 @@ class GroupsConfig:
 
     attribute: str | None = None
     attributes: tuple[str, ...] | None = None  # several attributes: intersectional groups
-    bins: tuple[float, ...] | None = None  # numeric attribute (e.g. age) -> bins with these edges
-    mapping: Mapping[str, str] = field(default_factory=dict)  # raw value -> group label (merge or rename)
-    reference: str | None = None  # the reference group for gaps and shifts (default: best / largest)
+    # per attribute: numeric bin edges (e.g. age -> bands); TOML may give a plain list for one attribute
+    bins: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # per attribute: raw value -> group label (merge or rename); TOML may give a flat table for one attribute
+    mapping: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    reference: str | None = None  # the reference group for gaps and shifts (default: a consensus of groups)
     min_speakers: int = 5  # smaller groups are excluded and reported, never silently merged
+    missing: str = "exclude"  # speakers lacking the attribute: "exclude" (reported) or "group" ("<missing>")
 
     @property
     def columns(self) -> tuple[str, ...]:
+        """The speaker attributes that define the groups."""
         return self.attributes if self.attributes else ((self.attribute,) if self.attribute else ())
 
 
@@ -275,10 +279,31 @@ def _bins(ctx: _Ctx, path: str, v: Any) -> tuple[float, ...]:
     return vals
 
 
+def _table_or_list(ctx: _Ctx, path: str, v: Any) -> Any:
+    if not isinstance(v, (dict, list)):
+        raise ctx.fail(path, f"expected a list of bin edges or a table attribute = [edges], got {_show(v)}")
+    return v
+
+
+def _per_attribute(ctx: _Ctx, path: str, v: Any, attrs: tuple[str, ...], check: Check) -> dict[str, Any]:
+    """Normalise ``bins`` / ``mapping``: a per-attribute table, or (one attribute) the bare value."""
+    if not v:
+        return {}
+    nested = isinstance(v, dict) and all(k in attrs for k in v) and all(isinstance(x, (dict, list))
+                                                                        for x in v.values())
+    if nested:
+        return {k: check(ctx, f"{path}.{k}", x) for k, x in v.items()}
+    if len(attrs) != 1:
+        raise ctx.fail(path, f"with several attributes give one entry per attribute ({', '.join(attrs)}), "
+                             f"got {_show(v)}")
+    return {attrs[0]: check(ctx, path, v)}
+
+
 def _read_section(ctx: _Ctx, name: str, data: Any, spec: dict[str, Check], required: tuple[str, ...] = ()
                   ) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ctx.fail(name, f"expected a table, got {_show(data)}")
+    data = {k: v for k, v in data.items() if v is not None}  # None (from to_dict()) means "not set"
     unknown = [k for k in data if k not in spec]
     if unknown:
         k = unknown[0]
@@ -334,12 +359,17 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
         c["root"] = _resolve(c["root"], base)
     corpus = CorpusConfig(**c)
 
-    g = _read_section(ctx, "[groups]", data["groups"],
-                      {"attribute": _str(), "attributes": _list(_str(), "attribute names"), "bins": _bins,
-                       "mapping": _mapping, "reference": _str(), "min_speakers": _int(1)})
+    graw = data["groups"]
+    g = _read_section(ctx, "[groups]", graw,
+                      {"attribute": _str(), "attributes": _list(_str(), "attribute names"), "bins": _table_or_list,
+                       "mapping": _table, "reference": _str(), "min_speakers": _int(1),
+                       "missing": _str(("exclude", "group"))})
     if ("attribute" in g) == ("attributes" in g):
         raise ctx.fail("[groups] attribute", "give exactly one of 'attribute' (one speaker attribute) or "
                                              "'attributes' (a list, for intersectional groups)")
+    attrs = (g["attribute"],) if "attribute" in g else g["attributes"]
+    g["bins"] = _per_attribute(ctx, "[groups] bins", g.get("bins", {}), attrs, _bins)
+    g["mapping"] = _per_attribute(ctx, "[groups] mapping", g.get("mapping", {}), attrs, _mapping)
     groups = GroupsConfig(**g)
 
     split = SplitConfig(**_read_section(ctx, "[split]", data.get("split", {}),

@@ -159,7 +159,9 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
 
     Returns the new table (index reset, input row order kept) and a list of problem dicts with keys of
     :data:`phonefair.corpus.schema.PROBLEM_COLUMNS`: one per distinct unknown / deleted / multi-segment label with
-    its count, so nothing disappears silently. ``out.attrs["provenance"]`` records the scheme, options and map file.
+    its count, so nothing disappears silently. Severity: ``"error"`` when tokens are dropped (unknown, or
+    multi-segment with ``multi="drop"``), ``"warning"`` when kept but degraded, ``"info"`` for the scheme's
+    intended behaviour (TIMIT ``q`` deletion, even split). ``out.attrs["provenance"]`` records the scheme, options and map file.
     """
     _check_scheme(scheme)
     if unknown not in ("drop", "keep", "error"):
@@ -201,18 +203,24 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
 
     problems: list[dict[str, Any]] = []
 
-    def report(rows: dict[str, list[int]], what: str, action: str) -> None:
+    # severities follow corpus.schema: "error" = item excluded, "warning" = kept but look at it; "info" marks
+    # documented, intended behaviour of the scheme (TIMIT q deletion, even split of multi-segment labels).
+    def report(rows: dict[str, list[int]], what: str, action: str, severity: str) -> None:
         for label, idx in rows.items():
             f, ctx = where(idx[0])
-            problems.append({"severity": "warning", "file": f, "line": None, "field": "phone_raw",
+            problems.append({"severity": severity, "file": f, "line": None, "field": "phone_raw",
                              "message": f"{what} {scheme} phone label {label!r}: {len(idx)} token(s), "
                                         f"first in {ctx or f'row {idx[0]}'}",
                              "action": action})
 
-    report(unknown_rows, "unknown", "dropped phone" if unknown == "drop" else "kept with phone=<NA>")
-    report(deleted_rows, "deleted-by-scheme", "dropped phone")
-    report(multi_rows, "multi-segment", {"split": "split interval evenly (approximate boundaries)",
-                                         "first": "kept first segment only", "drop": "dropped phone"}[multi])
+    if unknown == "drop":
+        report(unknown_rows, "unknown", "dropped phone", "error")
+    else:
+        report(unknown_rows, "unknown", "kept with phone=<NA>", "warning")
+    report(deleted_rows, "deleted-by-scheme", "dropped phone", "info")
+    multi_action = {"split": ("split interval evenly (approximate boundaries)", "info"),
+                    "first": ("kept first segment only", "warning"), "drop": ("dropped phone", "error")}[multi]
+    report(multi_rows, "multi-segment", *multi_action)
 
     # build the output: one (source row, phone, stress, start, end) per kept segment
     src: list[int] = []

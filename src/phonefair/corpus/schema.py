@@ -41,7 +41,7 @@ PHONE_COLUMNS: dict[str, str] = {
     "phone": "string",  # normalised ARPABET-39 (lower case, e.g. "iy", "sil"); <NA> if unmappable
     "stress": "Int8",  # ARPABET stress digit 0/1/2 when the source has one, else <NA>
     "word": "string",  # word containing the phone when known, else <NA>
-    "split": "string",  # "train" / "dev" / "test" / <NA>
+    "split": "string",  # "train" / "dev" / "test" (or a loader's extra split such as "test_other") / <NA>
 }
 
 #: speaker table: the standard attribute names (all optional except ``speaker``)
@@ -66,7 +66,7 @@ RECORDING_COLUMNS: dict[str, str] = {
 }
 
 PROBLEM_COLUMNS: dict[str, str] = {
-    "severity": "string",  # "error" (item excluded) / "warning" (kept, but look at it)
+    "severity": "string",  # "error" (item excluded) / "warning" (kept, look at it) / "info" (expected, counted)
     "file": "string",
     "line": "Int64",
     "field": "string",
@@ -88,7 +88,9 @@ def _typed(df: pd.DataFrame, columns: dict[str, str], table: str, *, extra_ok: b
         raise CorpusError(f"{table} table lacks required column(s) {absent}; has {list(df.columns)}")
     out = df.copy()
     for c in missing:
-        out[c] = pd.NA
+        # float64 has no pd.NA: a missing float column is NaN
+        fill = float("nan") if columns[c] == "float64" else pd.NA
+        out[c] = pd.Series(fill, index=out.index, dtype=columns[c])
     if not extra_ok and (extra := [c for c in out.columns if c not in columns]):
         raise CorpusError(f"{table} table has unexpected column(s) {extra}")
     for c, dtype in columns.items():

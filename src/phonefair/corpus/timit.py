@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from phonefair.corpus.audio import AudioError, audio_info
@@ -381,7 +382,9 @@ def _speaker_table(root: Path, fallback: dict[str, tuple[str, str, str]],
         problems.append(_problem("warning", root, None, "SPKRINFO.TXT",
                                  "no SPKRINFO.TXT under the root: gender from the speaker directory's first letter, "
                                  "dialect from the DR folder; age, race, education unknown", "kept"))
-        return pd.DataFrame([from_dirs(s) for s in sorted(fallback)])
+        out = pd.DataFrame([from_dirs(s) for s in sorted(fallback)])
+        out["age"] = np.nan  # float column: the schema cannot cast an all-<NA> object column to float64
+        return out
     if len(infos) > 1:
         problems.append(_problem("warning", infos[0], None, "SPKRINFO.TXT",
                                  f"{len(infos)} SPKRINFO.TXT files found; using this one", "kept"))
@@ -407,4 +410,6 @@ def _speaker_table(root: Path, fallback: dict[str, tuple[str, str, str]],
                                      f"speaker {spk}: SPKRINFO Use={row['use']} but directory is {split.upper()}",
                                      "kept directory"))
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out["age"] = out["age"].astype("float64")
+    return out

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from phonefair.extraction.frames import FrameGrid
+if TYPE_CHECKING:  # runtime import would be circular (extraction imports encoders)
+    from phonefair.extraction.frames import FrameGrid
 
 
 class EncoderError(RuntimeError):
@@ -43,6 +44,10 @@ class Encoder(Protocol):
 
     def frames_batch(self, waveforms: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """:meth:`frames` for several waveforms, batched where that cannot change the result."""
+        ...
+
+    def layer_dims(self) -> dict[str, int]:
+        """``{layer: D}`` for every layer in :attr:`layers`."""
         ...
 
     def identity(self) -> dict[str, Any]:

@@ -244,6 +244,13 @@ class EspeakSynth:
     def set_voice(self, voice: str) -> None:
         """Select ``voice`` (e.g. ``"en-GB-scotland+f2"``). Raises :class:`EspeakError` if espeak does not know it
         (espeak would otherwise silently keep the previous voice)."""
+        _, _, variant = voice.partition("+")
+        # espeak ignores an unknown variant silently (en-US+zz9 returns 0), so check the variant file ourselves
+        if "+" in voice and (not variant or not os.path.isfile(os.path.join(self.data_path, "voices", "!v",
+                                                                             variant))):
+            raise EspeakError(f"unknown espeak voice {voice!r}: no voice variant {variant!r} in "
+                              f"{os.path.join(self.data_path, 'voices', '!v')}; variants: "
+                              f"{[v for vs in VARIANTS.values() for v in vs]}")
         with _LOCK:
             lib = self._lib if self._lib is not None else self._load()
             rc = lib.espeak_SetVoiceByName(voice.encode())
@@ -257,6 +264,7 @@ class EspeakSynth:
         lo, hi = PARAM_LIMITS[name]
         if not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
             raise EspeakError(f"espeak parameter {name}={value!r} outside the documented range [{lo}, {hi}]")
+        assert self._lib is not None  # set_voice ran first
         rc = self._lib.espeak_SetParameter(code, int(value), 0)
         if rc != _EE_OK:
             raise EspeakError(f"espeak_SetParameter({name}={value}) returned {rc}")
@@ -280,12 +288,15 @@ class EspeakSynth:
             self._set_param("volume", _P_VOLUME, volume)
             self._chunks, self._raw_events = [], []
             buf = ctypes.create_string_buffer(text.encode("utf-8"))
-            self._lib.espeak_ng_SetRandSeed(1)
+            lib = self._lib
+            assert lib is not None
+            # breath noise uses espeak's own generator and libc rand(): seed both for every utterance
+            lib.espeak_ng_SetRandSeed(1)
             self._libc.srand(1)
-            rc = self._lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            rc = lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if rc != _EE_OK:
                 raise EspeakError(f"espeak_Synth returned {rc} for text {text[:60]!r} with voice {voice!r}")
-            self._lib.espeak_Synchronize()
+            lib.espeak_Synchronize()
             chunks, raw = self._chunks, self._raw_events
             self._chunks, self._raw_events = [], []
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)

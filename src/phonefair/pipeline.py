@@ -1,0 +1,595 @@
+"""``run(config)``: corpus → groups/split → extract (per encoder) → probe → analyze → report, with caching.
+
+Every stage's output is cached under ``out_dir`` with a key that hashes the stage's inputs and settings. A stage
+writes into a temporary folder, writes its ``COMPLETE.json`` marker last and then renames the folder into place,
+so an interrupted stage never looks complete and a rerun recomputes exactly the stages whose inputs or settings
+changed. Extraction is additionally content-addressed by the extraction stage itself (its store is reused).
+
+Outputs (``out_dir``): ``corpus/`` (the saved Corpus), ``cache/<stage>/<key>/``, ``tables/*.parquet`` + ``*.csv``
+(results of all encoders concatenated with an ``encoder`` column), ``summary.json`` (headline numbers with CIs),
+``provenance.json`` (config, versions, seeds, model revisions, corpus fingerprint), ``report.html`` and
+``figures/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import pickle
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from phonefair.config import ConfigError, RunConfig, load_config, load_preset
+from phonefair.corpus.schema import Corpus, CorpusError
+
+__all__ = ["STAGES", "RunResult", "RunError", "DataError", "run", "demo", "headline_lines"]
+
+STAGES: tuple[str, ...] = ("corpus", "groups", "extract", "probe", "analyze", "report")
+MARKER = "COMPLETE.json"
+
+
+class RunError(RuntimeError):
+    """A stage failed or a stage implementation is missing (CLI exit code 1)."""
+
+
+class DataError(CorpusError):
+    """The data failed validation (CLI exit code 3). The message carries the validation report."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced. ``stages_run`` lists the stages computed now (not loaded from cache)."""
+
+    tables: dict[str, pd.DataFrame]
+    summary: dict[str, Any]
+    report_path: Path | None
+    out_dir: Path
+    stages_run: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- utilities
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if is_dataclass(o) and not isinstance(o, type):
+        return asdict(o)
+    if isinstance(o, Mapping):
+        return dict(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    if isinstance(o, (Path, pd.Timestamp)):
+        return str(o)
+    if o is pd.NA:
+        return None
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return repr(o)
+
+
+def _key(*parts: Any) -> str:
+    """Stable short hash of JSON-able settings (the cache key)."""
+    blob = json.dumps(parts, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _write_table(df: pd.DataFrame, path_stem: Path) -> None:
+    """Parquet + CSV, each atomically. Provenance goes into the Parquet metadata (JSON-clean)."""
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    out = df.copy()
+    out.attrs = _jsonable(dict(df.attrs))
+    for ext in ("parquet", "csv"):
+        final = path_stem.with_suffix(f".{ext}")
+        tmp = final.with_name(f".{final.name}.tmp")
+        if ext == "parquet":
+            out.to_parquet(tmp, index=False)
+        else:
+            out.to_csv(tmp, index=False)
+        os.replace(tmp, final)
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a stage function with the keyword arguments it accepts (stage APIs evolve independently)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(*args, **kwargs)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn(*args, **kwargs)
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
+
+
+def _import(module: str, name: str, stage: str) -> Callable[..., Any]:
+    try:
+        return getattr(import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise RunError(f"stage {stage!r} needs {module}.{name}, which is not available ({exc}); "
+                       f"run fewer stages (e.g. --stages corpus,groups) or update phonefair") from None
+
+
+class _Log:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[phonefair {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- stage cache
+class StageCache:
+    """``root/cache/<stage>/<key>/``: tables (Parquet), an optional pickled object and ``COMPLETE.json`` last."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "cache"
+
+    def dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def complete(self, stage: str, key: str) -> bool:
+        return (self.dir(stage, key) / MARKER).is_file()
+
+    def save(self, stage: str, key: str, tables: Mapping[str, pd.DataFrame], meta: Mapping[str, Any],
+             obj: Any = None) -> None:
+        final = self.dir(stage, key)
+        tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            provs = {}
+            for name, df in tables.items():
+                clean = df.copy()
+                clean.attrs = {}
+                clean.to_parquet(tmp / f"{name}.parquet", index=False)
+                provs[name] = df.attrs.get("provenance", {})
+            if obj is not None:
+                try:
+                    (tmp / "object.pkl").write_bytes(pickle.dumps(obj))
+                except Exception:  # noqa: BLE001 - an unpicklable result only costs a recomputation later
+                    pass
+            _write_json(tmp / MARKER, {"stage": stage, "key": key, "tables": sorted(tables),
+                                       "provenance": provs, "meta": dict(meta), "finished": time.time()})
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover from an interrupted run
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def load(self, stage: str, key: str) -> tuple[dict[str, pd.DataFrame], dict[str, Any], Any]:
+        d = self.dir(stage, key)
+        marker = json.loads((d / MARKER).read_text())
+        tables = {}
+        for name in marker["tables"]:
+            df = pd.read_parquet(d / f"{name}.parquet")
+            df.attrs["provenance"] = marker["provenance"].get(name, {})
+            tables[name] = df
+        obj = None
+        if (d / "object.pkl").is_file():
+            try:
+                obj = pickle.loads((d / "object.pkl").read_bytes())
+            except Exception:  # noqa: BLE001 - stale class definitions: treat as absent
+                obj = None
+        return tables, marker.get("meta", {}), obj
+
+
+# ---------------------------------------------------------------------------------------------- stage functions
+# Module-level so that tests (and users) can swap them; each is a thin adapter over the stage's public API.
+def load_corpus_stage(cfg: RunConfig, out_dir: Path) -> Corpus:
+    """Load the corpus named by ``[corpus]`` (``kind = "synthetic"`` builds one under ``out_dir/synth``)."""
+    if cfg.corpus.kind == "synthetic":
+        build = _import("phonefair.synth.corpus", "build_synthetic_corpus", "corpus")
+        return _call(build, out_dir / "synth", **{"seed": cfg.run.seed, **dict(cfg.corpus.options)})
+    load = _import("phonefair.corpus", "load_corpus", "corpus")
+    if cfg.corpus.kind == "saved":
+        return load("saved", cfg.corpus.root, **dict(cfg.corpus.options))
+    return load(cfg.corpus.kind, cfg.corpus.root, **dict(cfg.corpus.options))
+
+
+_FROM_CONFIG: Any = object()
+
+
+def validate_stage(corpus: Corpus, cfg: RunConfig, *, group_by: Any = _FROM_CONFIG
+                   ) -> tuple[pd.DataFrame, dict[str, Any], bool, str]:
+    """``validate_corpus`` → (problems table, summary, ok, text); ``group_by`` defaults to ``[groups]``."""
+    try:
+        validate = import_module("phonefair.corpus.validate").validate_corpus
+    except (ImportError, AttributeError):
+        return corpus.problems, {"validated": False, "note": "phonefair.corpus.validate not available"}, True, ""
+    cols = cfg.groups.columns
+    if group_by is _FROM_CONFIG:
+        group_by = cols[0] if len(cols) == 1 else list(cols)
+    rep = _call(validate, corpus, group_by=group_by,
+                min_speakers_per_group=cfg.groups.min_speakers)
+    return rep.problems, dict(getattr(rep, "summary", {}) or {}), bool(rep.ok), rep.to_text()
+
+
+def groups_stage(corpus: Corpus, cfg: RunConfig) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame, pd.Series]:
+    """(groups: speaker → label, excluded, group_summary, split: speaker → train/test)."""
+    from phonefair import groups as G
+
+    g = cfg.groups
+    spec = G.GroupSpec(attributes=g.columns, bins={k: list(v) for k, v in g.bins.items()},
+                       mapping={k: dict(v) for k, v in g.mapping.items()}, reference=g.reference,
+                       min_speakers=g.min_speakers, missing=g.missing)
+    assignment = G.assign_groups(corpus.speakers, spec)
+    if assignment.groups.empty:
+        raise DataError(f"no group has >= {g.min_speakers} speakers ([groups] min_speakers); "
+                        f"excluded: {len(assignment.excluded)} speaker(s)")
+    summary = G.group_summary(corpus, assignment)
+    own = corpus.phones.dropna(subset=["split"]).groupby("speaker")["split"].first()
+    if cfg.split.use_corpus_split and own.reindex(assignment.groups.index).notna().all():
+        split = own.reindex(assignment.groups.index).astype("string").rename("split")
+    else:
+        split = G.split_speakers(assignment.groups, test_fraction=cfg.split.test_fraction, seed=cfg.split.seed)
+    return assignment.groups, assignment.excluded, summary, split
+
+
+def model_stage(enc: Any, cfg: RunConfig, out_dir: Path) -> Any:
+    """Resolve an ``[[encoders]]`` entry to what ``extract`` accepts (``tiny:<family>`` is built on the fly)."""
+    model: Any = enc.model
+    if model.startswith("tiny:"):
+        family = model.split(":", 1)[1]
+        d = out_dir / "models" / f"tiny-{family}"
+        if not (d / "config.json").is_file():
+            save = _import("phonefair.encoders.tiny", "save_tiny_model", "extract")
+            save(family, d, seed=cfg.run.seed)
+        model = str(d)
+    try:
+        load = import_module("phonefair.encoders").load_encoder
+    except (ImportError, AttributeError):
+        return model  # extract() accepts an id / directory itself
+    return _call(load, model, revision=enc.revision, device=enc.device, batch_size=enc.batch_size)
+
+
+def extract_stage(corpus: Corpus, enc: Any, cfg: RunConfig, out_dir: Path, progress: bool) -> Any:
+    """``phonefair.extraction.extract`` for one encoder → an EmbeddingSource (store under ``out_dir/stores``)."""
+    extract = _import("phonefair.extraction", "extract", "extract")
+    model = model_stage(enc, cfg, out_dir)
+    layers = enc.layers if isinstance(enc.layers, str) else list(enc.layers)
+    return _call(extract, corpus, model, store_root=out_dir / "stores", layers=layers, pooling=enc.pooling,
+                 dtype=enc.dtype, progress=progress, batch_size=enc.batch_size, device=_device(enc.device),
+                 revision=enc.revision)
+
+
+def _device(name: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
+    if name != "auto":
+        return name
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def probe_stage(source: Any, groups: pd.Series, cfg: RunConfig) -> Any:
+    """``phonefair.probes.fit_probes`` → ProbeResults (``.tables()``)."""
+    fit = _import("phonefair.probes", "fit_probes", "probe")
+    p = cfg.probes
+    return _call(fit, source, groups, layers=None if p.layers == "all" else list(p.layers),
+                 populations=tuple(p.populations), seeds=tuple(p.seeds), probe=p.type, n_boot=p.n_boot,
+                 level=p.level, seed=cfg.run.seed, fdr_alpha=cfg.analysis.fdr_alpha,
+                 test_fraction=cfg.split.test_fraction, device=_device(cfg.encoders[0].device))
+
+
+def analyze_stage(source: Any, groups: pd.Series, cfg: RunConfig, probe_results: Any) -> Any:
+    """``phonefair.analysis.analyze`` → TypologyResults (``.tables()``)."""
+    analyze = _import("phonefair.analysis", "analyze", "analyze")
+    a = cfg.analysis
+    return _call(analyze, source, groups, reference=a.reference or cfg.groups.reference,
+                 probe_results=probe_results, layers=None if cfg.probes.layers == "all" else list(cfg.probes.layers),
+                 n_perm=a.n_perm, n_boot=a.n_boot, seed=cfg.run.seed, spaces=tuple(a.spaces),
+                 fdr_alpha=a.fdr_alpha, level=cfg.probes.level)
+
+
+def _tables_of(result: Any) -> dict[str, pd.DataFrame]:
+    if isinstance(result, Mapping):
+        return dict(result)
+    if hasattr(result, "tables"):
+        return dict(result.tables())
+    raise RunError(f"stage returned {type(result).__name__}, expected an object with .tables() or a dict")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def _f(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _encoder_summary(t: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    from phonefair.report.figures import best_layer
+
+    gg, pa = t.get("group_gap"), t.get("probe_accuracy")
+    best = best_layer(gg, pa)
+    s: dict[str, Any] = {"best_layer": best}
+    if gg is not None and best is not None and not gg.empty:
+        row = gg[gg["layer"].astype(str) == best].iloc[0]
+        s.update(overall_accuracy=_f(row.get("overall_accuracy")), best_group=row.get("best_group"),
+                 worst_group=row.get("worst_group"), gap=_f(row.get("gap")), gap_ci_low=_f(row.get("gap_ci_low")),
+                 gap_ci_high=_f(row.get("gap_ci_high")), ratio=_f(row.get("ratio")))
+        imax = gg["gap"].astype(float).idxmax()
+        s["max_gap_layer"] = str(gg.loc[imax, "layer"])
+        s["max_gap"] = _f(gg.loc[imax, "gap"])
+    b = t.get("in_group_benefit")
+    if b is not None and best is not None and not b.empty:
+        s["in_group_benefit"] = [
+            {"group": str(r["group"]), "delta": _f(r["delta"]), "ci_low": _f(r["ci_low"]), "ci_high": _f(r["ci_high"]),
+             "q_value": _f(r.get("q_value")), "significant": bool(r.get("significant", False))}
+            for _, r in b[b["layer"].astype(str) == best].iterrows()]
+    v = t.get("verdict")
+    if v is not None and best is not None and not v.empty:
+        s["verdicts"] = [{"group": str(r["group"]), "verdict": str(r["verdict"]),
+                          "accuracy_gap": _f(r.get("accuracy_gap")),
+                          "accuracy_gap_ci_low": _f(r.get("accuracy_gap_ci_low")),
+                          "accuracy_gap_ci_high": _f(r.get("accuracy_gap_ci_high")),
+                          "evidence": str(r.get("evidence", ""))}
+                         for _, r in v[v["layer"].astype(str) == best].iterrows()]
+    return _jsonable(s)
+
+
+def headline_lines(summary: Mapping[str, Any]) -> list[str]:
+    """A few terminal lines with the headline findings and their CIs."""
+    lines = []
+    for name, s in (summary.get("encoders") or {}).items():
+        if s.get("best_layer") is None:
+            lines.append(f"{name}: no probe results")
+            continue
+        acc = s.get("overall_accuracy")
+        head = f"{name}: layer {s['best_layer']}" + (f", accuracy {acc:.3f}" if acc is not None else "")
+        if s.get("gap") is not None:
+            head += (f"; worst group {s.get('worst_group')} trails {s.get('best_group')} by {s['gap']:.3f} "
+                     f"[95% CI {s.get('gap_ci_low') or float('nan'):.3f}, {s.get('gap_ci_high') or float('nan'):.3f}]")
+        lines.append(head)
+        sig = [b for b in s.get("in_group_benefit", []) if b.get("significant")]
+        if sig:
+            lines.append("  in-group benefit: " + ", ".join(
+                f"{b['group']} {b['delta']:+.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}]" for b in sig))
+        counts: dict[str, list[str]] = {}
+        for v in s.get("verdicts", []):
+            counts.setdefault(v["verdict"], []).append(v["group"])
+        if counts:
+            lines.append("  verdicts: " + "; ".join(f"{k}: {', '.join(g)}" for k, g in counts.items()))
+    return lines
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("phonefair", "numpy", "pandas", "scipy", "torch", "transformers", "sklearn"):
+        try:
+            out[mod] = str(import_module(mod).__version__)
+        except Exception:  # noqa: BLE001 - optional packages
+            out[mod] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _as_config(config: RunConfig | str | Path) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    return load_config(config)
+
+
+def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, progress: bool = True,
+        title: str | None = None, banner: str | None = None) -> RunResult:
+    """Run the pipeline for ``config`` (a :class:`RunConfig` or a TOML path).
+
+    ``stages``: the stages to run (default: all of :data:`STAGES`). ``corpus`` and ``groups`` always run (or load
+    from cache) because everything depends on them; ``extract`` runs when named or when a named ``probe`` /
+    ``analyze`` has to recompute; stages not named are not computed, but their cached outputs (same key) are
+    included in the tables and the report. Cached stages are skipped.
+    """
+    cfg = _as_config(config)
+    wanted = set(STAGES if stages is None else stages)
+    if unknown := wanted - set(STAGES):
+        raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(progress)
+    cache = StageCache(out)
+    ran: list[str] = []
+    tables: dict[str, pd.DataFrame] = {}
+    keys: dict[str, Any] = {}
+
+    # -- corpus: saved under out/corpus with a stage marker holding the key
+    corpus_key = _key("corpus", cfg.corpus, cfg.corpus.kind == "synthetic" and cfg.run.seed)
+    keys["corpus"] = corpus_key
+    cdir, cmark = out / "corpus", out / "corpus" / MARKER
+    if cmark.is_file() and json.loads(cmark.read_text()).get("key") == corpus_key:
+        log(f"corpus: cached ({cdir})")
+        corpus = Corpus.load(cdir)
+        val = json.loads(cmark.read_text()).get("validation", {})
+    else:
+        log(f"corpus: loading {cfg.corpus.kind} from {cfg.corpus.root or out / 'synth'}")
+        if cmark.exists():
+            cmark.unlink()
+        corpus = load_corpus_stage(cfg, out)
+        problems, vsummary, ok, text = validate_stage(corpus, cfg)
+        if not ok:
+            raise DataError(f"corpus failed validation:\n{text}")
+        corpus = corpus.with_tables(problems=problems) if problems is not corpus.problems else corpus
+        corpus.save(cdir)
+        val = {"summary": vsummary, "text": text}
+        _write_json(cmark, {"stage": "corpus", "key": corpus_key, "validation": val})
+        ran.append("corpus")
+    fingerprint = corpus.fingerprint()
+    tables["problems"] = corpus.problems
+
+    # -- groups + split
+    groups_key = _key("groups", fingerprint, cfg.groups, cfg.split)
+    keys["groups"] = groups_key
+    if cache.complete("groups", groups_key):
+        log("groups: cached")
+        gt, _, _ = cache.load("groups", groups_key)
+    else:
+        log("groups: assigning speakers to groups and splitting")
+        groups, excluded, gsummary, split = groups_stage(corpus, cfg)
+        gt = {"groups": pd.DataFrame({"speaker": groups.index.astype(str), "group": groups.astype(str).to_numpy(),
+                                      "split": split.reindex(groups.index).astype("string").to_numpy()}),
+              "excluded": excluded, "group_summary": gsummary}
+        cache.save("groups", groups_key, gt, {"name": str(groups.name)})
+        ran.append("groups")
+    gdf = gt["groups"]
+    groups = pd.Series(gdf["group"].astype(str).to_numpy(), index=gdf["speaker"].astype(str).to_numpy(),
+                       name="/".join(cfg.groups.columns))
+    split = pd.Series(gdf["split"].to_numpy(), index=groups.index, name="split")
+    tables.update(group_summary=gt["group_summary"], excluded=gt["excluded"], speakers=gdf)
+    # the split travels with the phone table: extraction keeps it in the store's tokens for the probes
+    from phonefair.groups import apply_split
+    corpus_split = apply_split(corpus, split) if not split.isna().all() else corpus
+
+    # -- per encoder: extract → probe → analyze
+    per_enc: dict[str, dict[str, pd.DataFrame]] = {}
+    revisions: dict[str, Any] = {}
+    for enc in cfg.encoders:
+        ek = _key("extract", fingerprint, groups_key, enc)
+        pk = _key("probe", ek, cfg.probes, cfg.run.seed)
+        ak = _key("analyze", pk, cfg.analysis, cfg.groups.reference, cfg.probes.layers, cfg.run.seed)
+        keys[enc.name] = {"extract": ek, "probe": pk, "analyze": ak}
+        source_box: list[Any] = []
+
+        def source(enc: Any = enc, ek: str = ek, box: list[Any] = source_box) -> Any:
+            if not box:
+                log(f"extract [{enc.name}]: {enc.model}")
+                src = extract_stage(corpus_split, enc, cfg, out, progress)
+                box.append(src)
+                if not cache.complete("extract", ek):
+                    prov = dict(getattr(src, "provenance", {}) or {})
+                    cache.save("extract", ek, {}, {"encoder": enc.name, "store_provenance": prov,
+                                                   "store": str(getattr(src, "root", ""))})
+                    ran.append(f"extract:{enc.name}")
+            return box[0]
+
+        if "extract" in wanted and not cache.complete("extract", ek):
+            source()
+        elif "extract" in wanted:
+            log(f"extract [{enc.name}]: cached")
+        if cache.complete("extract", ek):
+            revisions[enc.name] = cache.load("extract", ek)[1].get("store_provenance", {})
+        enc_tables: dict[str, pd.DataFrame] = {}
+        probe_obj: Any = None
+        if cache.complete("probe", pk):
+            if "probe" in wanted:
+                log(f"probe [{enc.name}]: cached")
+            t, _, probe_obj = cache.load("probe", pk)
+            enc_tables.update(t)
+        elif "probe" in wanted:
+            log(f"probe [{enc.name}]: fitting")
+            probe_obj = probe_stage(source(), groups, cfg)
+            t = _tables_of(probe_obj)
+            cache.save("probe", pk, t, {"encoder": enc.name}, obj=probe_obj)
+            enc_tables.update(t)
+            ran.append(f"probe:{enc.name}")
+        if cache.complete("analyze", ak):
+            if "analyze" in wanted:
+                log(f"analyze [{enc.name}]: cached")
+            enc_tables.update(cache.load("analyze", ak)[0])
+        elif "analyze" in wanted:
+            log(f"analyze [{enc.name}]: typology")
+            res = analyze_stage(source(), groups, cfg, probe_obj)
+            t = _tables_of(res)
+            cache.save("analyze", ak, t, {"encoder": enc.name})
+            enc_tables.update(t)
+            ran.append(f"analyze:{enc.name}")
+        if source_box and enc.name not in revisions:
+            revisions[enc.name] = dict(getattr(source_box[0], "provenance", {}) or {})
+        per_enc[enc.name] = enc_tables
+
+    # -- concatenate with an encoder column
+    names = sorted({n for t in per_enc.values() for n in t})
+    for n in names:
+        parts = []
+        for enc_name, t in per_enc.items():
+            if n in t:
+                parts.append(t[n].assign(encoder=enc_name))
+        df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        df.attrs["provenance"] = {e: per_enc[e][n].attrs.get("provenance", {}) for e in per_enc if n in per_enc[e]}
+        tables[n] = df
+
+    summary: dict[str, Any] = {
+        "demo": cfg.corpus.kind == "synthetic" and cfg.encoders[0].model.startswith("tiny:"),
+        "corpus": {"name": corpus.name, "speakers": corpus.counts["speakers"], "speakers_in_groups": len(groups),
+                   "groups": int(groups.nunique()), "recordings": corpus.counts["recordings"],
+                   "phones": corpus.counts["phones"], "hours": round(corpus.hours, 3),
+                   "problems": corpus.counts["problems"], "fingerprint": fingerprint},
+        "encoders": {e: _encoder_summary(t) for e, t in per_enc.items()},
+        "stages_run": ran,
+    }
+    provenance: dict[str, Any] = {
+        "config": cfg.to_dict(), "config_source": cfg.source, "versions": _versions(),
+        "seeds": {"run": cfg.run.seed, "split": cfg.split.seed, "probes": list(cfg.probes.seeds)},
+        "models": {e.name: {"model": e.model, "revision": e.revision, "store": revisions.get(e.name, {})}
+                   for e in cfg.encoders},
+        "corpus": corpus.manifest(), "validation": val, "stage_keys": keys,
+        "platform": platform.platform(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for name, df in tables.items():
+        df.attrs.setdefault("provenance", {})
+        _write_table(df, out / "tables" / name)
+    _write_json(out / "tables" / "manifest.json",
+                {n: {"rows": len(df), "columns": list(map(str, df.columns)),
+                     "provenance": df.attrs.get("provenance", {})} for n, df in tables.items()})
+    _write_json(out / "summary.json", summary)
+    _write_json(out / "provenance.json", provenance)
+
+    report_path: Path | None = None
+    if "report" in wanted:
+        from phonefair.report import write_report
+
+        log("report: rendering")
+        report_path = write_report(out, tables, summary, _jsonable(provenance),
+                                   title=title or f"phonefair: {corpus.name} by {'/'.join(cfg.groups.columns)}",
+                                   banner=banner)
+        ran.append("report")
+    log(f"done: {out}")
+    return RunResult(tables=tables, summary=summary, report_path=report_path, out_dir=out, stages_run=ran)
+
+
+def demo(out_dir: str | Path, *, quick: bool = False, progress: bool = True) -> RunResult:
+    """Synthetic multi-accent corpus + tiny random wav2vec2 → every stage → ``out_dir/report.html``.
+
+    It shows the machinery, not a finding. ``quick`` uses fewer speakers, seeds and resamples (for tests).
+    """
+    out = Path(out_dir).resolve()
+    cfg = load_preset("demo", base_dir=out).replace_output(out)
+    if quick:
+        opts = dict(cfg.corpus.options)
+        opts.update(speakers_per_group=min(int(opts.get("speakers_per_group", 6)), 4),
+                    sentences_per_speaker=min(int(opts.get("sentences_per_speaker", 6)), 3))
+        cfg = replace(cfg, corpus=replace(cfg.corpus, options=opts),
+                      split=replace(cfg.split, test_fraction=0.5),
+                      probes=replace(cfg.probes, seeds=(0,), n_boot=50),
+                      analysis=replace(cfg.analysis, n_perm=50, n_boot=50))
+    from phonefair.report import DEMO_BANNER
+
+    return run(cfg, progress=progress, title="phonefair demo (synthetic)", banner=DEMO_BANNER)

@@ -1,0 +1,190 @@
+"""End-to-end extraction with tiny random models: stored vectors == pooled hidden states, resume after a killed
+subprocess, cache reuse, content keys, unreadable audio, phones past the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from phonefair.corpus.schema import Corpus
+from phonefair.encoders import load_encoder, save_tiny_model
+from phonefair.extraction import extract
+from phonefair.extraction.extract import CRASH_ENV
+from phonefair.extraction.frames import WAV2VEC_GRID
+from phonefair.store.disk import open_store
+
+
+def make_corpus(root: Path, durations: tuple[float, ...] = (0.9, 1.25, 0.6, 1.1), seed: int = 0) -> Corpus:
+    """Noise + tone wavs with hand-set phone times (20-180 ms), one phone <NA>, a 10 ms phone."""
+    rng = np.random.default_rng(seed)
+    recs, phones = [], []
+    for i, dur in enumerate(durations):
+        n = int(round(dur * 16000))
+        t = np.arange(n) / 16000
+        x = (0.2 * np.sin(2 * np.pi * (150 + 50 * i) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+        path = root / f"utt{i}.wav"
+        sf.write(path, x, 16000, subtype="FLOAT")
+        rid, spk = f"utt{i}", f"spk{i % 2}"
+        recs.append(dict(recording_id=rid, speaker=spk, audio_path=str(path), sampling_rate=16000, num_channels=1,
+                         duration=dur))
+        s = 0.05
+        k = 0
+        while s < dur - 0.06:
+            e = min(s + (0.01 if k == 3 else float(rng.uniform(0.02, 0.18))), dur)
+            phones.append(dict(recording_id=rid, speaker=spk, start=s, end=e, phone_raw=f"p{k}",
+                               phone=None if k == 2 else "aa"))
+            s, k = e, k + 1
+    speakers = pd.DataFrame({"speaker": ["spk0", "spk1"], "age": [np.nan, np.nan]})
+    return Corpus(phones=pd.DataFrame(phones), speakers=speakers, recordings=pd.DataFrame(recs), name="toy")
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {f: save_tiny_model(f, root / f) for f in ("wav2vec2", "wav2vec2-stable", "whisper", "data2vec-audio")}
+
+
+def _reference(corpus: Corpus, enc: Any, layer: str) -> np.ndarray:
+    """Brute force: run the encoder per utterance and average the frames whose centre is inside each phone."""
+    from phonefair.corpus.audio import read_audio
+
+    out = []
+    for rid, ph in corpus.phones.groupby("recording_id", sort=False):
+        fr = enc.frames(read_audio(corpus.audio_path(str(rid))))[layer]
+        c = enc.grid.offset + enc.grid.hop * np.arange(len(fr))
+        for s, e in zip(ph["start"], ph["end"], strict=True):
+            idx = np.flatnonzero((c >= s) & (c < e))
+            if not len(idx):
+                idx = [int(np.clip(np.argmin(np.abs(c - (s + e) / 2)), 0, len(fr) - 1))]
+            out.append(fr[idx].mean(0))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2-stable", "data2vec-audio", "whisper"])
+def test_store_equals_pooled_hidden_states(family: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path)
+    enc = load_encoder(tiny_dirs[family])
+    st = extract(corpus, enc, store_root=tmp_path / "s32", dtype="float32", progress=False, batch_size=3)
+    st16 = extract(corpus, enc, store_root=tmp_path / "s16", dtype="float16", progress=False, batch_size=3)
+    assert st.layers == enc.layers and len(st.tokens) == len(corpus.phones)
+    pd.testing.assert_frame_equal(st.tokens, corpus.phones, check_dtype=False)
+    for layer in (enc.layers[0], enc.layers[-1]):
+        ref = _reference(corpus, enc, layer)
+        tol = 1e-4 if family == "wav2vec2-stable" else 1e-5  # padded batch vs single: ~1e-6 differences
+        np.testing.assert_allclose(st.read(layer), ref, atol=tol)
+        np.testing.assert_allclose(st16.read(layer), ref, atol=5e-3, rtol=2e-3)
+    na_rows = np.flatnonzero(corpus.phones["phone"].isna().to_numpy())
+    assert len(na_rows) and np.isfinite(st.read("0", na_rows)).all()  # phones with phone <NA> are still stored
+    assert st.provenance["corpus"]["n_phones_unlabelled"] == len(na_rows)
+    assert st.provenance["n_nan_rows"] == 0 and st.provenance["encoder"]["family"] == enc.name
+
+
+def test_phones_past_end_are_clamped_and_counted(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path, durations=(0.5,))
+    extra = pd.DataFrame([dict(recording_id="utt0", speaker="spk0", start=0.7, end=0.8, phone_raw="x", phone="aa")])
+    corpus = corpus.with_tables(phones=pd.concat([corpus.phones, extra], ignore_index=True))
+    enc = load_encoder(tiny_dirs["wav2vec2"])
+    st = extract(corpus, enc, store_root=tmp_path / "s", dtype="float32", progress=False)
+    assert st.provenance["n_phones_clamped"] == 1
+    last = enc.frames(sf.read(tmp_path / "utt0.wav", dtype="float32")[0])["3"][-1]
+    np.testing.assert_allclose(st.read("3", [len(corpus.phones) - 1])[0], last, atol=1e-5)
+
+
+class _Counting:
+    """Wraps an encoder and counts forward calls (to prove a cached store does not run the model)."""
+
+    def __init__(self, enc: Any) -> None:
+        self._enc = enc
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._enc, name)
+
+    def frames_batch(self, waves: Any) -> Any:
+        self.calls += 1
+        return self._enc.frames_batch(waves)
+
+
+def test_cache_reuse_and_content_keys(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path)
+    enc = _Counting(load_encoder(tiny_dirs["wav2vec2"]))
+    a = extract(corpus, enc, store_root=tmp_path / "s", progress=False)
+    n = enc.calls
+    assert n > 0
+    b = extract(corpus, enc, store_root=tmp_path / "s", progress=False)
+    assert enc.calls == n and b.path == a.path  # complete store reused, model not run
+    c = extract(corpus, str(tiny_dirs["wav2vec2"]), store_root=tmp_path / "s", progress=False)
+    assert c.path == a.path  # same weights by path -> same key
+    d = extract(corpus, enc, store_root=tmp_path / "s", pooling="center", progress=False)
+    e = extract(corpus, enc, store_root=tmp_path / "s", layers="0-1", progress=False)
+    f = extract(corpus, enc, store_root=tmp_path / "s", dtype="float32", progress=False)
+    g = extract(corpus.with_tables(phones=corpus.phones.iloc[:-1]), enc, store_root=tmp_path / "s", progress=False)
+    assert len({a.key, d.key, e.key, f.key, g.key}) == 5
+    assert e.layers == ["0", "1"]
+    assert not np.allclose(a.read("3"), d.read("3"))
+    assert d.provenance["pooling"] == "center" and a.provenance["frame_rule"].startswith("frames whose centre")
+
+
+_CRASH_SCRIPT = textwrap.dedent("""
+    import sys
+    from phonefair.corpus.schema import Corpus
+    from phonefair.extraction import extract
+    corpus = Corpus.load(sys.argv[1])
+    extract(corpus, sys.argv[2], store_root=sys.argv[3], batch_size=1, progress=False, commit_every_s=0.0)
+    print("finished")
+""")
+
+
+@pytest.mark.parametrize("crash", ["2", "3:commit"])
+def test_resume_after_kill_gives_identical_store(crash: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path)
+    corpus.save(tmp_path / "corpus")
+    model = str(tiny_dirs["wav2vec2-stable"])
+    ref = extract(corpus, model, store_root=tmp_path / "ref", batch_size=1, progress=False)
+    script = tmp_path / "run.py"
+    script.write_text(_CRASH_SCRIPT)
+    env = {**os.environ, CRASH_ENV: crash, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "corpus"), model, str(tmp_path / "s")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 77, proc.stderr[-2000:]
+    key = ref.key
+    assert open_store(tmp_path / "s", key) is None  # a partial store is never reported complete
+    journal = (tmp_path / "s" / key / "journal.jsonl").read_text().splitlines()
+    assert len(journal) == (1 if crash == "2" else 3)
+    st = extract(Corpus.load(tmp_path / "corpus"), model, store_root=tmp_path / "s", batch_size=1, progress=False)
+    assert st.key == key and st.provenance["resumed"] is True
+    for layer in ref.layers:
+        np.testing.assert_array_equal(st.read(layer), ref.read(layer))
+
+
+def test_unreadable_audio_raise_or_skip(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path)
+    (tmp_path / "utt1.wav").write_bytes(b"not a wav file")
+    enc = load_encoder(tiny_dirs["wav2vec2"])
+    with pytest.raises(Exception, match="utt1"):
+        extract(corpus, enc, store_root=tmp_path / "s", progress=False)
+    st = extract(corpus, enc, store_root=tmp_path / "s", progress=False, on_audio_error="skip")
+    rows = np.flatnonzero((corpus.phones["recording_id"] == "utt1").to_numpy())
+    v = st.read("2")
+    assert np.isnan(v[rows]).all() and np.isfinite(np.delete(v, rows, axis=0)).all()
+    assert st.provenance["n_nan_rows"] == len(rows) and st.provenance["n_problems"] == 1
+    assert len(st.problems) == 1 and "utt1.wav" in st.problems["file"].iloc[0]
+
+
+def test_bad_arguments(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path, durations=(0.5,))
+    enc = load_encoder(tiny_dirs["wav2vec2"])
+    with pytest.raises(ValueError, match="pooling"):
+        extract(corpus, enc, store_root=tmp_path, pooling="max")
+    with pytest.raises(ValueError, match="not available"):
+        extract(corpus, enc, store_root=tmp_path, layers="9")
+    assert WAV2VEC_GRID.offset == 0.0125
