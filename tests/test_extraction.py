@@ -144,7 +144,9 @@ _CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("crash", ["2", "3:commit"])
+# One subprocess (importing torch takes seconds): killed after utterance 2's rows were written but before their
+# journal commit, the hardest point. Crashes right after a commit and torn journal lines are covered in test_store.
+@pytest.mark.parametrize("crash", ["2"])
 def test_resume_after_kill_gives_identical_store(crash: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path)
     corpus.save(tmp_path / "corpus")

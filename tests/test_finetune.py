@@ -293,8 +293,11 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_corpus: tuple[Corpus, pd.
     corpus, groups = tiny_corpus
     kw = dict(objective="adversarial", head_warmup_steps=1, **{**FAST, "save_every": 2})
     full = finetune(corpus, groups, tiny_w2v, tmp_path / "full", steps=4, **kw)
-    finetune(corpus, groups, tiny_w2v, tmp_path / "part", steps=2, **kw)  # "interrupted" after 2 steps
+    part = finetune(corpus, groups, tiny_w2v, tmp_path / "part", steps=4, stop_after=3, **kw)  # "interrupted"
+    assert not part.complete and list(part.log["step"]) == [0, 1, 2] and part.per_group_per.empty
+    (tmp_path / "part" / "log.jsonl").open("a").write('{"step": 3, "loss_ctc": -1}\n')  # a step after the checkpoint
     resumed = finetune(corpus, groups, tiny_w2v, tmp_path / "part", steps=4, **kw)
+    assert resumed.complete
     assert list(resumed.log["step"]) == [0, 1, 2, 3]
     np.testing.assert_allclose(resumed.log["loss_ctc"], full.log["loss_ctc"], rtol=1e-5)
     from safetensors.torch import load_file

@@ -158,6 +158,8 @@ def test_corpus_tables_and_files(tiny: tuple[Corpus, Path]) -> None:
     assert c.phones["word"].notna().sum() > 0.9 * (c.phones["phone"] != "sil").sum()
     csv = pd.read_csv(out / "speakers.csv")
     assert list(csv["speaker"]) == list(c.speakers["speaker"])
+    utt = pd.read_csv(out / "utterances.csv")
+    assert set(utt["recording_id"]) == set(c.recordings["recording_id"]) and set(utt["text"]) <= set(SENTENCES)
     loaded = Corpus.load(out)
     assert loaded.fingerprint() == c.fingerprint()
     pd.testing.assert_frame_equal(loaded.phones, c.phones)

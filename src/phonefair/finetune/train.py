@@ -38,7 +38,7 @@ OBJECTIVES: tuple[str, ...] = ("ctc", "adversarial", "domain")
 #: transformers ``config.model_type`` values whose encoders take raw waveforms and have a CNN feature encoder
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 #: config fields that may differ between a checkpoint and a resumed run (they do not change what is learnt so far)
-_RESUME_FREE = {"steps", "device", "amp", "save_every", "n_boot", "progress"}
+_RESUME_FREE = {"steps", "device", "amp", "save_every", "n_boot", "progress", "stop_after"}
 _SR = 16000
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.pt"
@@ -77,6 +77,7 @@ class FinetuneConfig:
     eval_split: str = "test"
     n_boot: int = 1000
     progress: bool = True
+    stop_after: int | None = None  # train at most this many steps in this call, checkpoint, return (wall-time limits)
 
     def __post_init__(self) -> None:
         obj = (self.objective,) if isinstance(self.objective, str) else tuple(self.objective)
@@ -144,6 +145,7 @@ class FinetuneResult:
     per_speaker_per: pd.DataFrame  # speaker, group, n_utterances, edits, ref_phones, per
     config: FinetuneConfig
     problems: pd.DataFrame  # utterances left out and why
+    complete: bool = True  # False when ``stop_after`` ended this call early: resume to finish
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -499,8 +501,10 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
     if (ck / STATE_FILE).is_file() and not resume:
         raise FileExistsError(f"{out}: holds a checkpoint of an earlier run; pass resume=True to continue it "
                               "or choose a new out_dir")
+    old_steps = None
     if resuming:
         old = json.loads((out / "config.json").read_text())
+        old_steps = old.get("steps")
         new = cfg.to_dict()
         diff = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
         if diff:
@@ -551,10 +555,18 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(ctc=f"{rec['loss_ctc']:.3f}", grp=f"{rec['loss_group']:.3f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            stopping = cfg.stop_after is not None and step + 1 - start >= cfg.stop_after
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopping:
                 _atomic_checkpoint(out, trainer, model, step + 1)
+            if stopping and step + 1 < cfg.steps:
+                break
     if bar is not None:
         bar.close()
+    log = pd.DataFrame(log_rows)
+    if log_rows and log_rows[-1]["step"] + 1 < cfg.steps:  # stopped early: no final model, no evaluation yet
+        empty = per_by_group(pd.DataFrame(columns=["speaker", "group", "edits", "ref_phones"]))
+        return FinetuneResult(out_dir=out, model_dir=out / CHECKPOINT, log=log, per_group_per=empty,
+                              per_speaker_per=pd.DataFrame(), config=cfg, problems=problems, complete=False)
 
     model_dir = out / "model"
     tmp = out / ".model.tmp"
@@ -576,6 +588,8 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
             "targets": "ARPABET-39 speech phones ('sil' and <NA> removed); blank = 0",
             "n_sil_removed": us.n_sil_removed, "n_na_removed": us.n_na_removed,
             "resumed_from_step": start if resuming else None, "versions": _versions()}
+    if resuming and old_steps != cfg.steps:
+        prov["note"] = "steps changed on resume: LR and adversarial-weight schedules changed from that step on"
     per_grp.attrs["provenance"] = {**per_grp.attrs.get("provenance", {}), **prov}
     per_spk.attrs["provenance"] = prov
     if not held:
@@ -587,7 +601,6 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
     per_spk.to_csv(out / "per_speaker_per.csv", index=False)
     problems.to_csv(out / "problems.csv", index=False)
     (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
-    log = pd.DataFrame(log_rows)
     log.attrs["provenance"] = prov
     return FinetuneResult(out_dir=out, model_dir=model_dir, log=log, per_group_per=per_grp, per_speaker_per=per_spk,
                           config=cfg, problems=problems)

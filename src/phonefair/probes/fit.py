@@ -180,7 +180,7 @@ def fit_probes(
     def local(rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(resident, rows)
 
-    y_res = torch.from_numpy(y_of_row.loc[resident].to_numpy()).to(dev)
+    y_res = torch.from_numpy(y_of_row.loc[resident].to_numpy().copy()).to(dev)
     C = len(classes)
 
     def mask_of(row_lists: Sequence[np.ndarray]) -> torch.Tensor:

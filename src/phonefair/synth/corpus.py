@@ -11,6 +11,7 @@ Layout written to ``out_dir``::
     audio/<speaker>/<recording_id>.wav          16 kHz mono PCM_16 (espeak's 22050 Hz resampled with soxr)
     alignments/<speaker>/<recording_id>.TextGrid tiers "phones" (espeak IPA labels) and "words"
     speakers.csv                                 one row per speaker with every synthesis setting
+    utterances.csv                               recording_id, speaker, sentence_id, text, round, gain
     phones/speakers/recordings/problems.parquet, manifest.json   (phonefair.corpus.schema.Corpus.save)
 
 Silence policy: the leading and trailing silence of an utterance get **no** phone row (and no TextGrid interval);
@@ -257,6 +258,7 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
         bar = tqdm(total=len(jobs), desc="synthesising", unit="utt")
     phone_frames: list[pd.DataFrame] = []
     rec_rows: list[dict[str, Any]] = []
+    utt_rows: list[dict[str, Any]] = []  # the text of each utterance (the recordings table has fixed columns)
     problems: list[dict[str, Any]] = []
     total_s = 0.0
     skipped: list[str] = []
@@ -293,6 +295,8 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
         utt.insert(1, "speaker", spk.speaker)
         phone_frames.append(utt)
         _write_textgrid(out / "alignments" / spk.speaker / f"{rec_id}.TextGrid", utt, duration)
+        utt_rows.append({"recording_id": rec_id, "speaker": spk.speaker, "sentence_id": ids[k], "text": texts[k],
+                         "round": r, "gain": gain, "n_samples_22050": len(syn.samples)})
         rec_rows.append({"recording_id": rec_id, "speaker": spk.speaker, "audio_path": rel,
                          "sampling_rate": SYNTH_SAMPLE_RATE, "num_channels": 1, "duration": duration,
                          "channel": pd.NA})
@@ -314,6 +318,8 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
     spk_df = pd.DataFrame([asdict(s) for s in speakers])
     spk_df["age"] = np.nan  # synthetic voices have no age (an explicit float column: pd.NA cannot be float64)
     spk_df.to_csv(out / "speakers.csv", index=False)
+    pd.DataFrame(utt_rows, columns=["recording_id", "speaker", "sentence_id", "text", "round", "gain",
+                                    "n_samples_22050"]).to_csv(out / "utterances.csv", index=False)
     from importlib.metadata import PackageNotFoundError, version
 
     try:
