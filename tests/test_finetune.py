@@ -244,6 +244,7 @@ def test_ctc_finetune_reduces_loss_and_saves_reloadable_model(tmp_path: Path, ti
     # log + config on disk
     lines = (tmp_path / "ctc" / "log.jsonl").read_text().splitlines()
     assert len(lines) == 15 and json.loads(lines[-1])["step"] == 14
+    assert json.loads(lines[0])["loss_group"] is None  # strict JSON: no NaN literals
     assert json.loads((tmp_path / "ctc" / "config.json").read_text())["objective"] == ["ctc"]
     # PER per group on the held-out (test) speakers
     per = res.per_group_per
@@ -367,7 +368,7 @@ def test_compare_audits_paired_cis(tmp_path: Path) -> None:
     a = acc.loc[("1", "A")]
     assert a["ci_low"] < 0 < a["ci_high"] and a["ci_high"] - a["ci_low"] < 0.02
     assert bool(c["significant"]) and not bool(a["significant"])
-    # the unpaired comparison of the same data would be far wider: the speaker spread (sd 0.08) does not cancel
+    # (an unpaired comparison would be ~0.13 wide here: the speaker spread, sd 0.08, would not cancel)
     assert acc.loc[("1", "all"), "n_speakers"] == 36
     gap = out["change_gap"].set_index("layer")
     assert gap.loc["1", "diff"] == pytest.approx(-0.05, abs=0.01) and gap.loc["1", "ci_high"] < 0

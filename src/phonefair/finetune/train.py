@@ -209,7 +209,7 @@ def _frames(enc: Any, n_samples: int | np.ndarray) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- audio
 class _AudioCache:
-    def __init__(self, corpus: Corpus, normalize: bool, maxsize: int = 512) -> None:
+    def __init__(self, corpus: Corpus, normalize: bool, maxsize: int = 256) -> None:
         from phonefair.corpus.audio import read_audio
         from phonefair.encoders.base import normalise_waveform
 
@@ -549,7 +549,9 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
             rec = trainer.step(step, utts, [audio(u) for u in utts])
             rec["groups_in_batch"] = {g: sum(u.group == g for u in utts) for g in group_names}
             rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
-            fh.write(json.dumps(rec) + "\n")
+            # strict JSON (readable by jq etc.): NaN / inf are written as null
+            rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+            fh.write(json.dumps(rec, allow_nan=False) + "\n")
             fh.flush()
             log_rows.append(rec)
             if bar is not None:
@@ -562,7 +564,7 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
                 break
     if bar is not None:
         bar.close()
-    log = pd.DataFrame(log_rows)
+    log = _log_frame(log_rows)
     if log_rows and log_rows[-1]["step"] + 1 < cfg.steps:  # stopped early: no final model, no evaluation yet
         empty = per_by_group(pd.DataFrame(columns=["speaker", "group", "edits", "ref_phones"]))
         return FinetuneResult(out_dir=out, model_dir=out / CHECKPOINT, log=log, per_group_per=empty,
@@ -622,6 +624,14 @@ def finetune_variants(corpus: Corpus, groups: pd.Series, model: str | os.PathLik
     table = table[["variant"] + [c for c in table.columns if c != "variant"]]
     table.attrs["provenance"] = {"variants": list(results), "model": str(model)}
     return results, table
+
+
+def _log_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    log = pd.DataFrame(rows)
+    for c in ("loss", "loss_ctc", "loss_group", "group_acc", "lambda", "lr", "lr_head", "grad_norm"):
+        if c in log.columns:
+            log[c] = pd.to_numeric(log[c], errors="coerce").astype(float)  # null -> NaN
+    return log
 
 
 def _versions() -> dict[str, str]:

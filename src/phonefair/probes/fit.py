@@ -120,6 +120,7 @@ def fit_probes(
     val_fraction: float = 0.25,
     trainer: TrainerConfig | None = None,
     keep_predictions: bool = True,
+    resample_seeds: bool = False,
 ) -> ProbeResults:
     """Fit phoneme probes per layer × training population × seed and compute the group-fairness tables.
 
@@ -243,14 +244,15 @@ def fit_probes(
         timings[layer] = time.perf_counter() - tl
 
     t_fit = time.perf_counter() - t0
-    engine = MetricEngine(test, classes, pops, n_boot=n_boot, level=level, seed=seed)
+    engine = MetricEngine(test, classes, pops, n_boot=n_boot, level=level, seed=seed,
+                          resample_seeds=resample_seeds)
     provenance: dict[str, Any] = {
         "stage": "phonefair.probes.fit_probes",
         "source": dict(getattr(source, "provenance", {}) or {}),
         "layers": use_layers,
         "seeds": [int(s) for s in seeds],
         "settings": {"populations": list(populations), "probe": probe, "l2_grid": grid, "n_boot": n_boot,
-                     "level": level, "fdr_alpha": fdr_alpha, "exclude_phones": list(exclude_phones),
+                     "level": level, "fdr_alpha": fdr_alpha, "resample_seeds": resample_seeds, "exclude_phones": list(exclude_phones),
                      "device": str(dev), "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
                      "trainer": cfg.to_dict(), "l2_convention": "mean CE + l2/2 ||W||^2 on standardised features; "
                      "sklearn C = 1/(l2 * n_train_tokens)",

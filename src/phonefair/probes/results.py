@@ -72,7 +72,7 @@ class MetricEngine:
     """Turns per-token predictions into the contract tables. All bootstrap replicates share one weight matrix."""
 
     def __init__(self, test: pd.DataFrame, classes: Sequence[str], pops: Sequence[Population], *, n_boot: int,
-                 level: float, seed: int) -> None:
+                 level: float, seed: int, resample_seeds: bool = False) -> None:
         self.test = test.reset_index(drop=True)
         self.classes = list(classes)
         self.pops = list(pops)
@@ -95,6 +95,20 @@ class MetricEngine:
                 self.keys.append((p.kind, p.group))
         self.seeds = sorted({p.seed for p in self.pops})
         self.idx = {(p.kind, p.group, p.seed): i for i, p in enumerate(self.pops)}
+        # optional second level: each replicate also redraws the probe seeds with replacement (same draw for every
+        # probe, so differences stay paired); adds training-sample variation to the CIs
+        n_s = len(self.seeds)
+        self.seed_draw = (np.random.default_rng([seed, 104729]).integers(0, n_s, size=(n_boot, n_s))
+                          if resample_seeds and n_s > 1 else None)
+
+    def avg(self, r: np.ndarray) -> np.ndarray:
+        """Seed-averaged replicates [B + 1] from [n_seeds, B + 1] (column 0: the observed sample)."""
+        if self.seed_draw is None:
+            return r.mean(0)
+        out = np.empty(r.shape[1])
+        out[0] = r[:, 0].mean()
+        out[1:] = r[self.seed_draw, np.arange(1, r.shape[1])[:, None]].mean(1)
+        return out
 
     def counts(self, pred: np.ndarray) -> _Eval:
         S, C = len(self.speakers), len(self.classes)
@@ -123,7 +137,7 @@ class MetricEngine:
 
     def summarise(self, r: np.ndarray) -> tuple[float, float, float, float]:
         """(estimate, ci_low, ci_high, seed_sd) from [n_seeds, B + 1] replicates."""
-        m = r.mean(0)
+        m = E_avg = self.avg(r)
         lo, hi = percentile_ci(m[1:], self.level)
         sd = float(np.std(r[:, 0], ddof=1)) if r.shape[0] > 1 else float("nan")
         return float(m[0]), float(lo), float(hi), sd
@@ -180,17 +194,17 @@ def compute_tables(
                 if ("group", g) not in E.keys:
                     continue
                 a_in, a_pool = acc_reps[("group", g, g)], acc_reps[("pooled", None, g)]
-                d = a_in.mean(0) - a_pool.mean(0)  # same replicate weights on both terms: paired
+                d = E.avg(a_in) - E.avg(a_pool)  # same replicate weights on both terms: paired
                 lo, hi = percentile_ci(d[1:], E.level)
                 per_seed = a_in[:, 0] - a_pool[:, 0]
                 ib.append({"layer": layer, "group": g, "delta": float(d[0]), "ci_low": float(lo),
                            "ci_high": float(hi), "p_value": float(bootstrap_pvalue(d[1:])),
                            "seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
-                           "acc_in_group": float(a_in.mean(0)[0]), "acc_pooled": float(a_pool.mean(0)[0])})
+                           "acc_in_group": float(a_in[:, 0].mean()), "acc_pooled": float(a_pool[:, 0].mean())})
             # layerwise fairness curve (pooled probe)
-            per_group = np.stack([acc_reps[("pooled", None, g)].mean(0) for g in E.groups])  # [G, B+1]
+            per_group = np.stack([E.avg(acc_reps[("pooled", None, g)]) for g in E.groups])  # [G, B+1]
             best, worst = int(np.nanargmax(per_group[:, 0])), int(np.nanargmin(per_group[:, 0]))
-            overall = E.reps(ev_of("pooled", None), "accuracy", None).mean(0)
+            overall = E.avg(E.reps(ev_of("pooled", None), "accuracy", None))
             gap = per_group[best] - per_group[worst]  # identities fixed at the observed best/worst group
             lo, hi = percentile_ci(gap[1:], E.level)
             gg.append({"layer": layer, "overall_accuracy": float(overall[0]), "overall_error": float(1 - overall[0]),
