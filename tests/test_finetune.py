@@ -402,8 +402,46 @@ def test_compare_audits_reports_and_refuses_mismatches() -> None:
     moved.loc[moved["speaker"] == "B1", "group"] = "C"
     with pytest.raises(ValueError, match="'B1' is in group 'B' before and 'C' after"):
         compare_audits({"speaker_accuracy": before["speaker_accuracy"]}, {"speaker_accuracy": moved}, n_boot=10)
+    gg = pd.DataFrame(dict(layer=["2", "1"], gap=[0.2, 0.1], gap_ci_low=[0.1, 0.0], gap_ci_high=[0.3, 0.2]))
+    gap = compare_audits({"group_gap": gg}, {"group_gap": gg.assign(gap=gg["gap"] - 0.05)})["change_gap"]
+    assert list(gap["layer"]) == ["1", "2"] and gap["diff"].tolist() == pytest.approx([-0.05, -0.05])
+    assert "NOT paired" in gap.attrs["provenance"]["ci"] and (gap["ci_low"] < -0.05).all()
     with pytest.raises(ValueError, match="nothing to compare"):
         compare_audits({"probe_accuracy": pd.DataFrame()}, {}, n_boot=10)
     two = pd.concat([before["speaker_accuracy"].assign(encoder="x"), before["speaker_accuracy"].assign(encoder="y")])
     with pytest.raises(ValueError, match="several encoders"):
         compare_audits({"speaker_accuracy": two}, {"speaker_accuracy": two}, n_boot=10)
+
+
+def test_end_to_end_on_the_espeak_synthetic_corpus(tmp_path: Path, tiny_w2v: Path) -> None:
+    """Real (synthetic) speech with espeak phone alignments: build, split, fine-tune adversarially, evaluate."""
+    pytest.importorskip("espeakng_loader")
+    from phonefair.groups import apply_split, split_speakers
+    from phonefair.synth.corpus import build_synthetic_corpus
+
+    corpus = build_synthetic_corpus(tmp_path / "syn", accents=["en-US", "en-GB-scotland"], speakers_per_group=2,
+                                    sentences_per_speaker=1, seed=0, progress=False)
+    groups = corpus.speakers.set_index("speaker")["accent"].astype(str)
+    corpus = apply_split(corpus, split_speakers(groups, test_fraction=0.5, seed=0))
+    res = finetune(corpus, groups, tiny_w2v, tmp_path / "ft", objective="adversarial", steps=3, **FAST)
+    assert res.complete and res.problems.empty
+    assert list(res.per_group_per["group"]) == ["en-GB-scotland", "en-US"]
+    assert (res.per_group_per["n_speakers"] == 2).all()
+    n_ref = corpus.phones[(corpus.phones["split"] == "test") & (corpus.phones["phone"] != "sil")].shape[0]
+    assert res.per_group_per["n_phones"].sum() == n_ref  # every held-out speech phone is scored
+
+
+@pytest.mark.parametrize("family", ["wav2vec2-stable", "hubert", "wavlm", "data2vec-audio"])
+def test_other_families(family: str, tmp_path: Path, tiny_corpus: tuple[Corpus, pd.Series]) -> None:
+    from transformers import AutoModel
+
+    from phonefair.encoders.tiny import save_tiny_model
+
+    src = save_tiny_model(family, tmp_path / "src")
+    res = finetune(*tiny_corpus, src, tmp_path / "ft", objective="domain", steps=2, **FAST)
+    assert np.isfinite(res.log["loss_ctc"]).all() and len(res.per_group_per) == 2
+    so = AutoModel.from_pretrained(src).state_dict()
+    st = AutoModel.from_pretrained(res.model_dir, local_files_only=True).state_dict()
+    assert so.keys() == st.keys()
+    assert all(torch.equal(so[k], st[k]) for k in so if k.startswith("feature_extractor."))  # CNN frozen
+    assert any(not torch.equal(so[k], st[k]) for k in so if k.startswith("encoder.layers."))

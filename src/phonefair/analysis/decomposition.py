@@ -32,11 +32,15 @@ from phonefair.analysis.sufficient import SpaceStats
 
 @dataclass
 class Moments:
-    """Weighted group sums of speaker-level statistics, arrays ``[b, G, P]`` (``S``: ``[b, G, P, D]``)."""
+    """Weighted group sums of speaker-level statistics, arrays ``[b, G, P]``.
+
+    ``C[b, g, h, p] = S_g · S_h`` are the inner products of the weighted group sums of speaker means
+    ``S_g = Σ_i w_gi x_i``; ``XS[b, g, s, p] = x_s · S_g`` (only when asked for).
+    """
 
     N: np.ndarray  # Σ w · has          (speakers with the phone)
     N2: np.ndarray  # Σ w² · has        (for excluding same-speaker pairs under bootstrap duplicates)
-    S: np.ndarray  # Σ w · x_i
+    C: np.ndarray  # [b, G, G, P]
     Q1: np.ndarray  # Σ w · ||x_i||²
     Q2: np.ndarray  # Σ w² · ||x_i||²
     SSW: np.ndarray  # Σ w · SS_i       (within-speaker sum of squares)
@@ -44,10 +48,28 @@ class Moments:
     INV: np.ndarray  # Σ w · 1/n_i
     TOK: np.ndarray  # Σ w · n_i
     dim: int
+    XS: np.ndarray | None = None
 
 
-def group_moments(st: SpaceStats, w: np.ndarray) -> Moments:
-    """Group sums for speaker weights ``w [b, G, S]``."""
+def gram(st: SpaceStats) -> np.ndarray:
+    """Per-phone Gram matrix of speaker means, ``K[p, s, t] = x_sp · x_tp`` (``[P, S, S]``).
+
+    With it every group-sum inner product is a quadratic form in the weights, at a cost independent of the
+    embedding dimension: the permutation and bootstrap loops of a 768-dim layer then cost as much as a 40-dim one.
+    """
+    m = st.mean.transpose(1, 0, 2)  # [P, S, D]
+    return np.matmul(m, m.transpose(0, 2, 1))
+
+
+def use_gram(st: SpaceStats, max_bytes: float = 4e8) -> bool:
+    """Whether the Gram route is cheaper (speakers fewer than dims) and fits in ``max_bytes``."""
+    S, P, D = st.mean.shape
+    return S < D and P * S * S * 8 <= max_bytes
+
+
+def group_moments(st: SpaceStats, w: np.ndarray, *, K: np.ndarray | None = None,
+                  speaker_dots: bool = False) -> Moments:
+    """Group sums for speaker weights ``w [b, G, S]`` (via the Gram matrix ``K`` when given)."""
     b, G, S = w.shape
     P, D = st.mean.shape[1], st.mean.shape[2]
     wf = w.reshape(b * G, S)
@@ -57,16 +79,20 @@ def group_moments(st: SpaceStats, w: np.ndarray) -> Moments:
     def r(a: np.ndarray) -> np.ndarray:
         return a.reshape(b, G, P)
 
-    return Moments(
-        N=r(wf @ has), N2=r(w2 @ has), S=(wf @ st.mean.reshape(S, P * D)).reshape(b, G, P, D),
-        Q1=r(wf @ sq), Q2=r(w2 @ sq), SSW=r(wf @ st.ss), DOF=r(wf @ st.dof), INV=r(wf @ st.inv_n),
-        TOK=r(wf @ st.count.astype(np.float64)), dim=D,
-    )
-
-
-def _quiet() -> warnings.catch_warnings:  # type: ignore[type-arg]
-    cm = warnings.catch_warnings()
-    return cm
+    XS = None
+    if K is not None:
+        KW = np.matmul(K, wf.T).reshape(P, S, b, G)  # [P, S, b, G]: x_s · S_g
+        C = np.einsum("bgs,psbh->bghp", w, KW)
+        if speaker_dots:
+            XS = KW.transpose(2, 3, 1, 0)
+    else:
+        Ssum = (wf @ st.mean.reshape(S, P * D)).reshape(b, G, P, D)
+        C = np.einsum("bgpd,bhpd->bghp", Ssum, Ssum)
+        if speaker_dots:
+            XS = np.matmul(st.mean.transpose(1, 0, 2), Ssum.transpose(2, 3, 0, 1).reshape(P, D, b * G))
+            XS = XS.reshape(P, S, b, G).transpose(2, 3, 1, 0)
+    return Moments(N=r(wf @ has), N2=r(w2 @ has), C=C, Q1=r(wf @ sq), Q2=r(w2 @ sq), SSW=r(wf @ st.ss),
+                   DOF=r(wf @ st.dof), INV=r(wf @ st.inv_n), TOK=r(wf @ st.count.astype(np.float64)), dim=D, XS=XS)
 
 
 @dataclass
@@ -84,10 +110,10 @@ class Components:
 def components(m: Moments) -> Components:
     """Pairwise squared distances, studentised distances and variance components from group moments."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        norm2 = np.einsum("bgpd,bgpd->bgp", m.S, m.S)
+        norm2 = np.einsum("bggp->bgp", m.C)
         pairs = m.N**2 - m.N2
         U = np.where(pairs > 0, (norm2 - m.Q2) / pairs, np.nan)
-        cross = np.einsum("bgpd,bhpd->bghp", m.S, m.S) / (m.N[:, :, None] * m.N[:, None, :])
+        cross = m.C / (m.N[:, :, None] * m.N[:, None, :])
         Dm = U[:, :, None] + U[:, None, :] - 2 * cross
         G = m.N.shape[1]
         eye = np.eye(G, dtype=bool)[None, :, :, None]
@@ -153,13 +179,13 @@ def split_half_distance(st: SpaceStats, labels: np.ndarray, g: int, h: int, *, n
             w = np.zeros((1, 2, S))
             w[0, 0] = (labels == g) & (half == hv)
             w[0, 1] = (labels == h) & (half == hv)
-            m = group_moments(st, w)
+            n = w[0] @ st.has  # [2, P]
             with np.errstate(divide="ignore", invalid="ignore"):
-                mean = m.S[0] / m.N[0][:, :, None]
+                mean = np.einsum("gs,spd->gpd", w[0], st.mean) / n[:, :, None]
             d.append(mean[0] - mean[1])
         acc += np.einsum("pd,pd->p", d[0], d[1])
     return acc / n_splits
 
 
-__all__ = ["Components", "Moments", "components", "consensus", "group_moments", "naive_distance",
+__all__ = ["Components", "Moments", "components", "consensus", "gram", "group_moments", "use_gram", "naive_distance",
            "nanmean_last", "split_half_distance"]

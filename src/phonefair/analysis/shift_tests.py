@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phonefair.analysis.decomposition import components, consensus, group_moments, nanmean_last
+from phonefair.analysis.decomposition import components, consensus, gram, group_moments, nanmean_last, use_gram
 from phonefair.analysis.sufficient import SpaceStats
 from phonefair.analysis.variance import phone_scale, speaker_dispersion, welch_t
 from phonefair.stats import cluster_bootstrap_weights, percentile_ci
@@ -58,9 +58,10 @@ def _onehot(labels: np.ndarray, G: int) -> np.ndarray:
     return (labels[None, :] == np.arange(G)[:, None]).astype(np.float64)
 
 
-def _summaries(st: SpaceStats, w: np.ndarray, ref: int | None, common: np.ndarray) -> dict[str, np.ndarray]:
+def _summaries(st: SpaceStats, w: np.ndarray, ref: int | None, common: np.ndarray,
+               K: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Shift and spread summaries for a batch of weight replicates ``w [b, G, S]``."""
-    c = components(group_moments(st, w))
+    c = components(group_moments(st, w, K=K))
     d_star = nanmean_last(c.D, common)  # [b, G, G]
     V = c.between + c.within
     vbar = nanmean_last(V, common)
@@ -76,7 +77,7 @@ def _summaries(st: SpaceStats, w: np.ndarray, ref: int | None, common: np.ndarra
 
 
 def _pair_null(st: SpaceStats, labels: np.ndarray, g: int, h: int, common: np.ndarray, n_perm: int,
-               rng: np.random.Generator, scale: np.ndarray) -> dict[str, np.ndarray]:
+               rng: np.random.Generator, scale: np.ndarray, K: np.ndarray | None) -> dict[str, np.ndarray]:
     """Observed and permutation statistics of ``g`` vs ``h``, shuffling labels among their speakers only.
 
     Shift: studentised distance per phone and its mean over common phones. Spread: Welch t of the speakers'
@@ -85,14 +86,16 @@ def _pair_null(st: SpaceStats, labels: np.ndarray, g: int, h: int, common: np.nd
     """
     idx = np.flatnonzero((labels == g) | (labels == h))
     sub = SpaceStats(mean=st.mean[idx], count=st.count[idx], ss=st.ss[idx])
+    Ks = None if K is None else K[:, idx][:, :, idx]
     lab = (labels[idx] == g).astype(np.int64)  # 1 = g, 0 = h
     P, D = st.mean.shape[1], st.mean.shape[2]
 
     def stats(lb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         w = np.stack([lb == 1, lb == 0], axis=1).astype(np.float64)  # [b, 2, S_pair]
-        c = components(group_moments(sub, w))
+        m = group_moments(sub, w, K=Ks, speaker_dots=True)
+        c = components(m)
         t = c.T[:, 0, 1, :]  # [b, P]
-        disp = speaker_dispersion(sub, w, scale)
+        disp = speaker_dispersion(sub, w, scale, m=m)
         return t, nanmean_last(t, common), welch_t(disp, lb == 1, lb == 0)
 
     t0, ts0, v0 = stats(lab[None])
@@ -144,8 +147,9 @@ def analyze_space(st: SpaceStats, labels: np.ndarray, n_groups: int, *, ref: int
     onehot = _onehot(labels, G)
     N_obs = onehot @ st.has
     common = (N_obs >= 2).all(0)
-    obs = _summaries(st, onehot[None], ref, common)
-    c0 = components(group_moments(st, onehot[None]))
+    K = gram(st) if use_gram(st) else None
+    obs = _summaries(st, onehot[None], ref, common, K)
+    c0 = components(group_moments(st, onehot[None], K=K))
 
     rng = np.random.default_rng(seed)
     pairs = [(g, ref) for g in range(G) if g != ref] if ref is not None else \
@@ -153,9 +157,9 @@ def analyze_space(st: SpaceStats, labels: np.ndarray, n_groups: int, *, ref: int
     pp = np.full((G, G, P), np.nan)
     pps = np.full((G, G), np.nan)
     pv = np.full((G, G), np.nan)
-    scale = phone_scale(st)
+    scale = phone_scale(st, K)
     for g, h in pairs:
-        r = _pair_null(st, labels, g, h, common, n_perm, rng, scale)
+        r = _pair_null(st, labels, g, h, common, n_perm, rng, scale, K)
         pp[g, h] = pp[h, g] = r["p"]
         pps[g, h] = pps[h, g] = r["p_star"]
         pv[g, h], pv[h, g] = r["p_var_g"], r["p_var_h"]
@@ -174,7 +178,7 @@ def analyze_space(st: SpaceStats, labels: np.ndarray, n_groups: int, *, ref: int
     lr_b = np.empty((n_boot, G))
     for sl in _batches(n_boot, per):
         w = Wb[sl][:, None, :] * onehot[None]
-        s = _summaries(st, w, ref, common)
+        s = _summaries(st, w, ref, common, K)
         sh_b[sl], ss_b[sl], lr_b[sl] = s["shift"], s["shift_star"], s["logratio"]
     lo, hi = percentile_ci(lr_b, level)
     return SpaceResult(

@@ -15,42 +15,43 @@ and phones with intrinsically larger spread do not make a speaker look noisy bec
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from phonefair.analysis.decomposition import Moments, group_moments
 from phonefair.analysis.sufficient import SpaceStats
 from phonefair.stats import cluster_bootstrap_weights, percentile_ci, spearman
 
 
-def phone_scale(st: SpaceStats) -> np.ndarray:
+def phone_scale(st: SpaceStats, K: np.ndarray | None = None) -> np.ndarray:
     """Label-free per-phone scale ``r̄_p`` (``[P]``): the mean ``r_sp`` with all speakers as one group."""
     w = np.ones((1, 1, st.mean.shape[0]))
-    r = _r_sp(st, w)[0]  # [S, P]
-    with np.errstate(invalid="ignore"):
+    r = _r_sp(st, w, K)[0]  # [S, P]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         out = np.nanmean(np.where(st.count > 0, r, np.nan), axis=0)
     return out
 
 
-def _r_sp(st: SpaceStats, w: np.ndarray) -> np.ndarray:
+def _r_sp(st: SpaceStats, w: np.ndarray, K: np.ndarray | None = None, m: Moments | None = None) -> np.ndarray:
     """``r_sp`` for 0/1 group indicators ``w [b, G, S]`` → ``[b, S, P]`` (NaN where undefined)."""
     b, G, S = w.shape
-    P, D = st.mean.shape[1], st.mean.shape[2]
-    has = st.has
-    N = w @ has  # [b, G, P]
-    Ssum = (w.reshape(b * G, S) @ st.mean.reshape(S, P * D)).reshape(b, G, P, D)
-    # dot of each speaker mean with every group sum, batched over phones: [P, S, D] @ [P, D, b*G]
-    dots = np.matmul(st.mean.transpose(1, 0, 2), Ssum.transpose(2, 3, 0, 1).reshape(P, D, b * G))
-    dots = dots.reshape(P, S, b, G).transpose(2, 3, 1, 0)  # [b, G, S, P]
-    norm2 = np.einsum("bgpd,bgpd->bgp", Ssum, Ssum)
+    D = st.mean.shape[2]
+    if m is None or m.XS is None:
+        m = group_moments(st, w, K=K, speaker_dots=True)
+    N = m.N
+    norm2 = np.einsum("bggp->bgp", m.C)
     k = w.argmax(1)  # [b, S] group of each speaker in each replicate
     member = w.sum(1) > 0  # [b, S]
     bi = np.arange(b)[:, None]
     Nk = N[bi, k]  # [b, S, P]
-    dk = np.take_along_axis(dots, k[:, None, :, None], axis=1)[:, 0]  # [b, S, P]
+    dk = np.take_along_axis(m.XS, k[:, None, :, None], axis=1)[:, 0]  # type: ignore[arg-type]  # [b, S, P]
     n2k = norm2[bi, k]
     sq = st.sq[None]
-    Q1 = w @ st.sq  # [b, G, P]
+    Q1 = m.Q1
     with np.errstate(divide="ignore", invalid="ignore"):
         # ||x − (S − x)/(N − 1)||² = (N² ||x||² − 2N x·S + ||S||²) / (N − 1)²
         dev = (Nk**2 * sq - 2 * Nk * dk + n2k) / (Nk - 1) ** 2
@@ -64,9 +65,13 @@ def _r_sp(st: SpaceStats, w: np.ndarray) -> np.ndarray:
     return np.where(ok, r, np.nan)
 
 
-def speaker_dispersion(st: SpaceStats, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Normalised phoneme variance per speaker for 0/1 group indicators ``w [b, G, S]`` → ``[b, S]``."""
-    r = _r_sp(st, w) / scale[None, None, :]
+def speaker_dispersion(st: SpaceStats, w: np.ndarray, scale: np.ndarray, K: np.ndarray | None = None,
+                       m: Moments | None = None) -> np.ndarray:
+    """Normalised phoneme variance per speaker for 0/1 group indicators ``w [b, G, S]`` → ``[b, S]``.
+
+    ``m`` (moments of the same ``w`` computed with ``speaker_dots=True``) avoids recomputing them.
+    """
+    r = _r_sp(st, w, K, m) / scale[None, None, :]
     n = np.where(np.isnan(r), 0.0, st.count[None].astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.nansum(np.nan_to_num(r) * n, axis=2) / n.sum(2)
@@ -81,7 +86,6 @@ def welch_t(d: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             m = np.nanmean(x, axis=1)
             v = np.nanvar(x, axis=1, ddof=1)
         return m, v, n
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ma, va, na = ms(a)

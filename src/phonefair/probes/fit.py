@@ -120,7 +120,7 @@ def fit_probes(
     val_fraction: float = 0.25,
     trainer: TrainerConfig | None = None,
     keep_predictions: bool = True,
-    resample_seeds: bool = False,
+    resample_seeds: bool = True,
 ) -> ProbeResults:
     """Fit phoneme probes per layer × training population × seed and compute the group-fairness tables.
 
@@ -141,6 +141,9 @@ def fit_probes(
     n_train_speakers, n_train_tokens: override the size-matching targets (default: the largest common size).
     trainer: optimisation settings (:class:`TrainerConfig`); ``probe`` overrides its ``probe`` field.
     keep_predictions: keep the token-level ``predictions`` table.
+    resample_seeds: every bootstrap replicate also redraws the probe seeds with replacement (two-level bootstrap:
+        test speakers, then training samples), so CIs include training-sample variation. ``False`` gives CIs from
+        test-speaker resampling alone, which under-cover in null simulations (see docs/probes.md).
     """
     t0 = time.perf_counter()
     if not 0 < level < 1:
@@ -252,7 +255,8 @@ def fit_probes(
         "layers": use_layers,
         "seeds": [int(s) for s in seeds],
         "settings": {"populations": list(populations), "probe": probe, "l2_grid": grid, "n_boot": n_boot,
-                     "level": level, "fdr_alpha": fdr_alpha, "resample_seeds": resample_seeds, "exclude_phones": list(exclude_phones),
+                     "level": level, "fdr_alpha": fdr_alpha, "resample_seeds": resample_seeds,
+                     "exclude_phones": list(exclude_phones),
                      "device": str(dev), "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
                      "trainer": cfg.to_dict(), "l2_convention": "mean CE + l2/2 ||W||^2 on standardised features; "
                      "sklearn C = 1/(l2 * n_train_tokens)",

@@ -137,7 +137,7 @@ class MetricEngine:
 
     def summarise(self, r: np.ndarray) -> tuple[float, float, float, float]:
         """(estimate, ci_low, ci_high, seed_sd) from [n_seeds, B + 1] replicates."""
-        m = E_avg = self.avg(r)
+        m = self.avg(r)
         lo, hi = percentile_ci(m[1:], self.level)
         sd = float(np.std(r[:, 0], ddof=1)) if r.shape[0] > 1 else float("nan")
         return float(m[0]), float(lo), float(hi), sd
