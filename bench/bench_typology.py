@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import threading
@@ -111,13 +112,16 @@ def main() -> None:
         sampler = PeakSampler()
         sampler.start()
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         res = analyze(src, groups, n_perm=args.n_perm, n_boot=args.n_boot, progress=False)
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
         sampler.stop = True
         sampler.join()
         out = {"tokens": len(tokens), "dim": args.dim, "speakers": args.speakers, "groups": args.groups,
                "phones": args.phones, "n_perm": args.n_perm, "n_boot": args.n_boot, "build_s": round(t_build, 1),
-               "analyze_wall_s": round(wall, 1),
+               "analyze_wall_s": round(wall, 1), "analyze_cpu_s": round(cpu, 1),
+               "load_avg_1min": round(os.getloadavg()[0], 2),
                "peak_rss_mb_incl_page_cache": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                "peak_anon_rss_mb": round(sampler.peak_anon / 1024),
                "anon_rss_before_mb": round(anon0 / 1024),

@@ -58,6 +58,12 @@ def test_wav2vec_family_matches_direct_forward(family: str, model_dirs: dict[str
     assert got["cnn"].shape == (t, 32)
     if getattr(ref, "extract_features", None) is not None:
         np.testing.assert_allclose(got["cnn"], ref.extract_features[0].numpy(), atol=1e-5)
+    else:  # HuBERT returns no extract_features: the hook must give the same LayerNorm-ed CNN output
+        m = AutoModel.from_pretrained(model_dirs[family]).eval()
+        with torch.inference_mode():
+            cnn = m.feature_extractor(torch.from_numpy(x)[None]).transpose(1, 2)
+            cnn = m.feature_projection.layer_norm(cnn)
+        np.testing.assert_allclose(got["cnn"], cnn[0].numpy(), atol=1e-5)
     last, lhs = ref.hidden_states[-1][0].numpy(), ref.last_hidden_state[0].numpy()
     if stable:  # transformers 5: hidden_states[-1] is before the final LayerNorm, "<L>_norm" after it
         np.testing.assert_allclose(got["3_norm"], lhs, atol=1e-5)
@@ -164,6 +170,8 @@ def test_bad_input_and_load_errors(model_dirs: dict[str, Path], tmp_path: Path,
     with pytest.raises(EncoderError, match="snapshot_download") as ei:
         load_encoder("phonefair-test/does-not-exist-model")
     assert "HF_HUB_OFFLINE" in str(ei.value)
+    with pytest.raises(EncoderError, match="snapshot_download"):  # a dotted hub id is not mistaken for a path
+        load_encoder("phonefair-test/model-v1.5")
     with pytest.raises(EncoderError, match="no such model directory"):
         load_encoder(tmp_path / "missing_dir")
     (tmp_path / "empty").mkdir()

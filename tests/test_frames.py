@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from phonefair.extraction.frames import (WAV2VEC_GRID, WHISPER_GRID, num_frames, phone_frame_ranges, phone_frames,
-                                         pool, pooling_ranges, whisper_num_frames)
+                                         pool, pool_layers, pooling_ranges, whisper_num_frames)
 
 
 def _cascade(n: int) -> int:
@@ -78,6 +78,20 @@ def test_pool_mean_equals_loop_and_other_poolings() -> None:
     assert (mlo[3], mhi[3]) == (17, 20)
     with pytest.raises(ValueError, match="unknown pooling"):
         pooling_ranges(s, e, 30, "max")
+
+
+def test_pool_layers_overlapping_and_unsorted_ranges() -> None:
+    rng = np.random.default_rng(2)
+    h = {"0": rng.standard_normal((50, 6)).astype(np.float32), "cnn": rng.standard_normal((50, 3)).astype(np.float32)}
+    lo = np.array([10, 0, 3, 3, 49, 20])  # overlapping, unsorted, shared fallback frames, last frame
+    hi = np.array([12, 5, 4, 4, 50, 45])
+    got = pool_layers(h, lo, hi)
+    for k in h:
+        ref = np.stack([h[k][a:b].mean(0) for a, b in zip(lo, hi, strict=True)])
+        np.testing.assert_allclose(got[k], ref, atol=1e-6)
+    assert pool_layers(h, np.array([], int), np.array([], int))["0"].shape == (0, 6)
+    with pytest.raises(ValueError, match="hidden states"):
+        pool_layers({"0": h["0"], "1": h["0"][:10]}, lo, hi)
 
 
 def test_pool_rejects_bad_ranges() -> None:

@@ -74,16 +74,16 @@ def test_incomplete_store_is_never_reported_complete_and_resumes(tmp_path: Path)
         EmbeddingStore(tmp_path / "k")
     # a torn journal line (crash in the middle of an append) is ignored and cleaned up
     with open(tmp_path / "k" / "journal.jsonl", "a") as f:
-        f.write('{"batches": [1], "sta')
+        f.write('{"done": [1], "sta')
     with StoreWriter(tmp_path, "k", tokens=tok, dims={"0": 2}) as w:
-        assert w.done_batches == {0}
+        assert w.done == {0}
         assert (tmp_path / "k" / "journal.jsonl").read_text().endswith("\n")
         w.write_rows("0", 4, rows * 2)
         w.commit([1], {})
         w.write_rows("0", 8, rows[:2] * 3)
         w.commit([2], {})
         st = w.finalize({}, pd.DataFrame({"message": pd.Series([], dtype="string")}))
-    assert [json.loads(x)["batches"] for x in (st.path / "journal.jsonl").read_text().splitlines()] == [[0], [1], [2]]
+    assert [json.loads(x)["done"] for x in (st.path / "journal.jsonl").read_text().splitlines()] == [[0], [1], [2]]
     np.testing.assert_array_equal(st.read("0")[:, 0], [1] * 4 + [2] * 4 + [3] * 2)
 
 
@@ -91,7 +91,7 @@ def test_changed_allocation_is_reallocated(tmp_path: Path) -> None:
     with StoreWriter(tmp_path, "k", tokens=_tokens(), dims={"0": 2}) as w:
         w.commit([0], {})
     with StoreWriter(tmp_path, "k", tokens=_tokens(), dims={"0": 5}) as w:
-        assert w.done_batches == set()  # different shape: the old journal does not apply
+        assert w.done == set()  # different shape: the old journal does not apply
         assert np.load(tmp_path / "k" / "layer_0.npy", mmap_mode="r").shape == (10, 5)
 
 

@@ -35,7 +35,7 @@ class Moments:
     """Weighted group sums of speaker-level statistics, arrays ``[b, G, P]``.
 
     ``C[b, g, h, p] = S_g · S_h`` are the inner products of the weighted group sums of speaker means
-    ``S_g = Σ_i w_gi x_i``; ``XS[b, g, s, p] = x_s · S_g`` (only when asked for).
+    ``S_g = Σ_i w_gi x_i``; ``XS[b, g, p, s] = x_s · S_g`` (only when asked for).
     """
 
     N: np.ndarray  # Σ w · has          (speakers with the phone)
@@ -52,13 +52,13 @@ class Moments:
 
 
 def gram(st: SpaceStats) -> np.ndarray:
-    """Per-phone Gram matrix of speaker means, ``K[p, s, t] = x_sp · x_tp`` (``[P, S, S]``).
+    """Per-phone Gram matrix of speaker means, ``K[t, p, s] = x_tp · x_sp`` (``[S, P, S]``).
 
     With it every group-sum inner product is a quadratic form in the weights, at a cost independent of the
     embedding dimension: the permutation and bootstrap loops of a 768-dim layer then cost as much as a 40-dim one.
     """
     m = st.mean.transpose(1, 0, 2)  # [P, S, D]
-    return np.matmul(m, m.transpose(0, 2, 1))
+    return np.ascontiguousarray(np.matmul(m, m.transpose(0, 2, 1)).transpose(1, 0, 2))
 
 
 def use_gram(st: SpaceStats, max_bytes: float = 4e8) -> bool:
@@ -69,7 +69,7 @@ def use_gram(st: SpaceStats, max_bytes: float = 4e8) -> bool:
 
 def group_moments(st: SpaceStats, w: np.ndarray, *, K: np.ndarray | None = None,
                   speaker_dots: bool = False) -> Moments:
-    """Group sums for speaker weights ``w [b, G, S]`` (via the Gram matrix ``K`` when given)."""
+    """Group sums for speaker weights ``w [b, G, S]`` (via the Gram matrix ``K`` of :func:`gram` when given)."""
     b, G, S = w.shape
     P, D = st.mean.shape[1], st.mean.shape[2]
     wf = w.reshape(b * G, S)
@@ -81,16 +81,26 @@ def group_moments(st: SpaceStats, w: np.ndarray, *, K: np.ndarray | None = None,
 
     XS = None
     if K is not None:
-        KW = np.matmul(K, wf.T).reshape(P, S, b, G)  # [P, S, b, G]: x_s · S_g
-        C = np.einsum("bgs,psbh->bghp", w, KW)
-        if speaker_dots:
-            XS = KW.transpose(2, 3, 1, 0)
+        Kf = K.reshape(S, P * S)
+        KW = np.empty((b, G, P * S))
+        # two groups partitioning the same speakers in every replicate (a pair permutation): S_1 = S_all − S_0
+        complement = G == 2 and b > 1 and bool(np.all(w.sum(1) == w[0].sum(0)[None]))
+        for g in range(G):
+            if complement and g == 1:
+                KW[:, 1] = (w[0].sum(0) @ Kf)[None] - KW[:, 0]
+                continue
+            cols = np.flatnonzero(w[:, g].any(0))  # a group's bootstrap weights touch only its own speakers
+            KW[:, g] = w[:, g][:, cols] @ Kf[cols]
+        KW4 = KW.reshape(b, G, P, S)  # [b, h, p, s] = x_s · S_h
+        C = np.matmul(w, KW.reshape(b, G * P, S).transpose(0, 2, 1)).reshape(b, G, G, P)
+        XS = KW4 if speaker_dots else None
     else:
         Ssum = (wf @ st.mean.reshape(S, P * D)).reshape(b, G, P, D)
-        C = np.einsum("bgpd,bhpd->bghp", Ssum, Ssum)
+        Sp = Ssum.transpose(0, 2, 1, 3)  # [b, P, G, D]
+        C = np.matmul(Sp, Sp.transpose(0, 1, 3, 2)).transpose(0, 2, 3, 1)  # [b, G, G, P]
         if speaker_dots:
-            XS = np.matmul(st.mean.transpose(1, 0, 2), Ssum.transpose(2, 3, 0, 1).reshape(P, D, b * G))
-            XS = XS.reshape(P, S, b, G).transpose(2, 3, 1, 0)
+            XS = np.matmul(Ssum.transpose(2, 0, 1, 3).reshape(P, b * G, D), st.mean.transpose(1, 2, 0))
+            XS = XS.reshape(P, b, G, S).transpose(1, 2, 0, 3)  # [b, G, P, S]
     return Moments(N=r(wf @ has), N2=r(w2 @ has), C=C, Q1=r(wf @ sq), Q2=r(w2 @ sq), SSW=r(wf @ st.ss),
                    DOF=r(wf @ st.dof), INV=r(wf @ st.inv_n), TOK=r(wf @ st.count.astype(np.float64)), dim=D, XS=XS)
 

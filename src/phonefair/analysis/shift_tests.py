@@ -1,10 +1,12 @@
 """Observed estimates, speaker-permutation tests and speaker-bootstrap CIs for one (layer, space).
 
 Permutation scheme: group labels are shuffled *between speakers* (a speaker's tokens always stay together, because
-the unit of every statistic is the speaker-phone mean). With a user reference group ``r``, group ``g`` is tested by
-shuffling labels among the speakers of ``g`` and ``r`` only; with the default consensus reference, labels are
-shuffled among all included speakers (``g`` against the pool of all other groups), which gives every group's null
-from the same permutations. p-values are ``(1 + #{T* ≥ T}) / (1 + n_perm)`` (one-sided: larger shift / spread).
+the unit of every statistic is the speaker-phone mean). Every test is a *pairwise* test ``g`` vs ``h`` that shuffles
+labels among the speakers of ``g`` and ``h`` only. With a user reference group ``r`` the pairs are ``(g, r)``; with
+the default median-group consensus all pairs are tested and combined per group by an intersection–union rule
+(:func:`consensus_pvalue`). A single shuffle over all groups would be wrong: with one shifted group, the mixtures
+built by the shuffle differ from *every* real group, and the unshifted groups would be flagged too. p-values are
+``(1 + #{T* ≥ T}) / (1 + n_perm)`` (one-sided: larger shift / larger spread).
 
 The shift test statistic is *studentised* (``D_gh / (v_g/n_g + v_h/n_h)``, ``v`` the total variance of a group's
 speaker means): a group whose speakers are merely noisier (fewer tokens, larger spread) is not exchangeable with the
@@ -14,6 +16,7 @@ permutation null approximately right for it too (Janssen 1997; Chung & Romano 20
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +52,13 @@ class SpaceResult:
     D_star: np.ndarray  # [G, G] pairwise distance averaged over common phones
 
 
+def _ci(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI, quietly NaN where every replicate is NaN (e.g. the reference group's own shift)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return percentile_ci(reps, level)
+
+
 def _batches(n: int, per: int) -> list[slice]:
     step = max(1, _MAX_FLOATS // max(per, 1))
     return [slice(a, min(a + step, n)) for a in range(0, n, step)]
@@ -70,7 +80,8 @@ def _summaries(st: SpaceStats, w: np.ndarray, ref: int | None, common: np.ndarra
     else:
         shift, shift_star = c.D[:, :, ref, :].copy(), d_star[:, :, ref].copy()
         shift[:, ref], shift_star[:, ref] = np.nan, np.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         denom = np.nanmedian(vbar, axis=1, keepdims=True) if ref is None else vbar[:, ref:ref + 1]
         logratio = np.log(vbar / denom)
     return {"shift": shift, "shift_star": shift_star, "logratio": logratio, "D": c.D, "d_star": d_star}
@@ -86,7 +97,7 @@ def _pair_null(st: SpaceStats, labels: np.ndarray, g: int, h: int, common: np.nd
     """
     idx = np.flatnonzero((labels == g) | (labels == h))
     sub = SpaceStats(mean=st.mean[idx], count=st.count[idx], ss=st.ss[idx])
-    Ks = None if K is None else K[:, idx][:, :, idx]
+    Ks = None if K is None else np.ascontiguousarray(K[idx][:, :, idx])
     lab = (labels[idx] == g).astype(np.int64)  # 1 = g, 0 = h
     P, D = st.mean.shape[1], st.mean.shape[2]
 
@@ -102,11 +113,22 @@ def _pair_null(st: SpaceStats, labels: np.ndarray, g: int, h: int, common: np.nd
     t_null = np.full((n_perm, P), np.nan)
     ts_null = np.full(n_perm, np.nan)
     v_null = np.full(n_perm, np.nan)
-    perms = np.stack([rng.permutation(lab) for _ in range(n_perm)]) if n_perm else np.zeros((0, len(idx)), int)
-    for sl in _batches(n_perm, 3 * P * D):
+    perms = speaker_permutations(lab, n_perm, rng)
+    for sl in _batches(n_perm, 3 * P * (len(idx) if Ks is not None else D)):
         t_null[sl], ts_null[sl], v_null[sl] = stats(perms[sl])
     return {"p": _pval(t_null, t0[0]), "p_star": _pval(ts_null[:, None], ts0)[0],
             "p_var_g": _pval(v_null[:, None], v0)[0], "p_var_h": _pval(-v_null[:, None], -v0)[0]}
+
+
+def speaker_permutations(labels: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_perm, S]``: each row a random permutation of the per-*speaker* labels (group sizes kept).
+
+    Labels are attached to speakers, never to tokens: every statistic downstream is a function of speaker-phone
+    means, so a speaker's tokens always move together.
+    """
+    if n_perm == 0:
+        return np.zeros((0, len(labels)), dtype=labels.dtype)
+    return np.stack([rng.permutation(labels) for _ in range(n_perm)])
 
 
 def _pval(null: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -143,11 +165,11 @@ def analyze_space(st: SpaceStats, labels: np.ndarray, n_groups: int, *, ref: int
     """
     G, S = n_groups, len(labels)
     P, D = st.mean.shape[1], st.mean.shape[2]
-    per = G * P * D
+    K = gram(st) if use_gram(st) else None
+    per = G * P * (S if K is not None else D)
     onehot = _onehot(labels, G)
     N_obs = onehot @ st.has
     common = (N_obs >= 2).all(0)
-    K = gram(st) if use_gram(st) else None
     obs = _summaries(st, onehot[None], ref, common, K)
     c0 = components(group_moments(st, onehot[None], K=K))
 
@@ -180,14 +202,14 @@ def analyze_space(st: SpaceStats, labels: np.ndarray, n_groups: int, *, ref: int
         w = Wb[sl][:, None, :] * onehot[None]
         s = _summaries(st, w, ref, common, K)
         sh_b[sl], ss_b[sl], lr_b[sl] = s["shift"], s["shift_star"], s["logratio"]
-    lo, hi = percentile_ci(lr_b, level)
+    lo, hi = _ci(lr_b, level)
     return SpaceResult(
-        dim=D, D=c0.D[0], shift=obs["shift"][0], shift_ci=percentile_ci(sh_b, level),
-        shift_star=obs["shift_star"][0], shift_star_ci=percentile_ci(ss_b, level), p=p, p_star=p_star,
+        dim=D, D=c0.D[0], shift=obs["shift"][0], shift_ci=_ci(sh_b, level),
+        shift_star=obs["shift_star"][0], shift_star_ci=_ci(ss_b, level), p=p, p_star=p_star,
         between=c0.between[0], within=c0.within[0], N=c0.N[0], tokens=c0.tokens[0],
         ratio=np.exp(obs["logratio"][0]), ratio_ci=(np.exp(lo), np.exp(hi)), ratio_p=ratio_p, common=common,
         D_star=obs["d_star"][0],
     )
 
 
-__all__ = ["SpaceResult", "analyze_space"]
+__all__ = ["SpaceResult", "analyze_space", "consensus_pvalue", "speaker_permutations"]

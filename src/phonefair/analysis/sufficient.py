@@ -84,16 +84,15 @@ def fit_lda(X: np.ndarray, phone_idx: np.ndarray, n_phones: int, *, shrinkage: f
     Xc = X - means[phone_idx].astype(X.dtype)
     Sw = (Xc.T @ Xc).astype(np.float64) / max(n - len(present), 1)
     grand = sums.sum(0) / n
-    dm = (means[present] - grand) * np.sqrt(counts[present] / n)[:, None]
-    Sb = dm.T @ dm
+    dm = (means[present] - grand) * np.sqrt(counts[present] / n)[:, None]  # Sb = dmᵀ dm, rank <= P − 1
     Sw_reg = (1 - shrinkage) * Sw + shrinkage * (np.trace(Sw) / D) * np.eye(D)
     lam, V = np.linalg.eigh(Sw_reg)
     lam = np.maximum(lam, 1e-12 * max(lam.max(), 1e-300))
     Wh = V / np.sqrt(lam)
-    ev, U = np.linalg.eigh(Wh.T @ Sb @ Wh)
+    # eigenvectors of Whᵀ Sb Wh = (dm Wh)ᵀ (dm Wh) from a small SVD instead of a D × D eigendecomposition
+    _, sv, Vt = np.linalg.svd(dm @ Wh, full_matrices=False)
     k = min(len(present) - 1, D) if n_components is None else min(n_components, len(present) - 1, D)
-    order = np.argsort(ev)[::-1][:k]
-    return (Wh @ U[:, order]).astype(np.float32), ev[order]
+    return (Wh @ Vt[:k].T).astype(np.float32), sv[:k] ** 2
 
 
 @dataclass

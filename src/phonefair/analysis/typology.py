@@ -198,19 +198,18 @@ def _design(source: EmbeddingSource, groups: pd.Series, *, reference: str | None
     if reference is not None and reference not in names:
         raise ValueError(f"reference group {reference!r} is not among the analysed groups {names}"
                          + (f" (excluded: fewer than {min_speakers} speakers)" if reference in small.index else ""))
-    excl = np.isin(phone, np.asarray(list(exclude_phones), dtype=str)) if exclude_phones else np.zeros(len(phone), bool)
+    # pandas' hash-based isin: numpy's isin on a million strings sorts them (seconds)
+    excl = pd.Series(phone).isin(set(exclude_phones)).to_numpy()
     for p in sorted(set(phone[excl])):
         problems.append({"phone": p, "reason": f"phone in exclude_phones: {(phone == p).sum()} tokens not analysed"})
-    keep = np.isin(spk, g.index.to_numpy()) & ~excl
+    keep = pd.Series(spk).isin(set(g.index)).to_numpy() & ~excl
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise ValueError("no tokens left after removing excluded phones and ungrouped speakers")
     speakers = np.array(sorted(g.index))
     phones = sorted(set(phone[rows]))
-    s_of = {s: i for i, s in enumerate(speakers)}
-    p_of = {p: i for i, p in enumerate(phones)}
-    spk_idx = np.array([s_of[s] for s in spk[rows]], dtype=np.int64)
-    phone_idx = np.array([p_of[p] for p in phone[rows]], dtype=np.int64)
+    spk_idx = pd.Index(speakers).get_indexer(spk[rows]).astype(np.int64)
+    phone_idx = pd.Index(phones).get_indexer(phone[rows]).astype(np.int64)
     labels = np.array([names.index(g[s]) for s in speakers], dtype=np.int64)
     fitted_on = "all speakers (no 'split' column with 'train' rows)"
     train_rows = rows
@@ -252,8 +251,7 @@ def _accuracy_inputs(probe_results: Any, speaker_accuracy: pd.DataFrame | None,
     return speaker_accuracy, in_group_benefit
 
 
-def ncm_speaker_accuracy(st: SpaceStats, token_cells: np.ndarray, token_proj: np.ndarray,
-                         chunk: int = 8192) -> np.ndarray:
+def ncm_speaker_accuracy(st: SpaceStats, token_cells: np.ndarray, token_proj: np.ndarray) -> np.ndarray:
     """Fallback per-speaker accuracy: leave-speaker-out nearest-class-mean classifier in the given space.
 
     Class means are the unweighted means of the *other* speakers' phone means (all groups pooled), so the
@@ -264,22 +262,23 @@ def ncm_speaker_accuracy(st: SpaceStats, token_cells: np.ndarray, token_proj: np
     has = st.has
     tot = st.mean.sum(0)  # [P, k]
     n = has.sum(0)  # [P]
-    correct = np.zeros(S)
-    count = np.zeros(S)
     spk = token_cells // P
     ph = token_cells % P
-    for a in range(0, len(token_cells), chunk):
-        s, p, x = spk[a:a + chunk], ph[a:a + chunk], token_proj[a:a + chunk].astype(np.float64)
-        loo_n = n[None, :] - has[s]  # [m, P]
+    order = np.argsort(spk, kind="stable")
+    bounds = np.searchsorted(spk[order], np.arange(S + 1))
+    acc = np.full(S, np.nan)
+    for s in range(S):
+        rows = order[bounds[s]:bounds[s + 1]]
+        if len(rows) == 0:
+            continue
+        loo_n = n - has[s]
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = (tot[None] - st.mean[s]) / loo_n[:, :, None]  # [m, P, k]
-        d = np.einsum("mpk,mpk->mp", means, means) - 2 * np.einsum("mk,mpk->mp", x, means)
-        d = np.where(loo_n > 0, d, np.inf)
-        pred = d.argmin(1)
-        np.add.at(correct, s, (pred == p).astype(float))
-        np.add.at(count, s, 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, correct / count, np.nan)
+            means = (tot - st.mean[s]) / loo_n[:, None]  # [P, k]
+        x = token_proj[rows].astype(np.float64)
+        d = np.einsum("pk,pk->p", means, means)[None, :] - 2 * x @ means.T
+        d[:, loo_n <= 0] = np.inf
+        acc[s] = float(np.mean(d.argmin(1) == ph[rows]))
+    return acc
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -303,7 +302,7 @@ def analyze(
     min_speakers: int = 5,
     seed: int = 0,
     progress: bool = True,
-    lda_max_tokens: int = 100_000,
+    lda_max_tokens: int = 50_000,
     lda_shrinkage: float = 0.1,
     chunk_rows: int = 32_768,
 ) -> TypologyResults:
@@ -415,9 +414,9 @@ def analyze(
     vt = pd.DataFrame(rows_vt)
     for frame, fam in ((tests, ["space", "omnibus"]), (vt, ["space"])):
         frame["q_value"] = np.nan
-        for _, idx in frame.groupby(fam).groups.items():
-            q, _rej = benjamini_hochberg(frame.loc[idx, "p_value"].to_numpy(), fdr_alpha)
-            frame.loc[idx, "q_value"] = q
+        for _, sub in frame.groupby(fam):
+            q, _rej = benjamini_hochberg(sub["p_value"].to_numpy(), fdr_alpha)
+            frame.loc[sub.index, "q_value"] = q
         frame["significant"] = (frame["q_value"] <= fdr_alpha).fillna(False).astype(bool)
     tests = tests.drop(columns="omnibus")
     spk_var = pd.DataFrame(rows_spk)

@@ -48,7 +48,9 @@ def _r_sp(st: SpaceStats, w: np.ndarray, K: np.ndarray | None = None, m: Moments
     member = w.sum(1) > 0  # [b, S]
     bi = np.arange(b)[:, None]
     Nk = N[bi, k]  # [b, S, P]
-    dk = np.take_along_axis(m.XS, k[:, None, :, None], axis=1)[:, 0]  # type: ignore[arg-type]  # [b, S, P]
+    XS = m.XS
+    assert XS is not None
+    dk = XS[bi, k, :, np.arange(S)[None, :]]  # x_s · S_{group of s}: [b, S, P]
     n2k = norm2[bi, k]
     sq = st.sq[None]
     Q1 = m.Q1
@@ -69,12 +71,39 @@ def speaker_dispersion(st: SpaceStats, w: np.ndarray, scale: np.ndarray, K: np.n
                        m: Moments | None = None) -> np.ndarray:
     """Normalised phoneme variance per speaker for 0/1 group indicators ``w [b, G, S]`` → ``[b, S]``.
 
-    ``m`` (moments of the same ``w`` computed with ``speaker_dots=True``) avoids recomputing them.
+    Computed for every replicate at once without materialising ``r_sp`` per replicate: ``r_sp`` is affine in
+    ``x_s · S_g`` and in per-(group, phone) constants, so the phone sums are small matrix products. ``m`` (moments
+    of the same ``w`` with ``speaker_dots=True``) avoids recomputing them. NaN for speakers in no group.
     """
-    r = _r_sp(st, w, K, m) / scale[None, None, :]
-    n = np.where(np.isnan(r), 0.0, st.count[None].astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nansum(np.nan_to_num(r) * n, axis=2) / n.sum(2)
+    b, G, S = w.shape
+    D = st.mean.shape[2]
+    if m is None or m.XS is None:
+        m = group_moments(st, w, K=K, speaker_dots=True)
+    N = m.N
+    norm2 = np.einsum("bggp->bgp", m.C)
+    cnt = st.count.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        valid = N >= 2
+        nm1 = N - 1
+        spread = (m.Q1 - norm2 / N) / nm1
+        alpha = np.where(valid, N**2 / nm1**2, 0.0)
+        beta = np.where(valid, N / nm1**2, 0.0)
+        gamma = np.where(valid, norm2 / nm1**2 - spread / nm1, 0.0)
+        within = np.where(cnt > 0, st.ss / (cnt * D), 0.0)
+        e = np.where(cnt > 0, cnt / scale[None, :], 0.0)  # [S, P] token weight / phone scale
+    e = np.nan_to_num(e)
+    c = e / D
+    vf = valid.astype(np.float64)
+    num = (np.einsum("sp,bgp->bgs", e * within, vf) + np.einsum("sp,bgp->bgs", c * st.sq, alpha)
+           + np.einsum("sp,bgp->bgs", c, gamma))
+    XS = m.XS
+    assert XS is not None
+    num -= 2 * np.matmul(beta[:, :, None, :], XS * c.T[None, None])[:, :, 0, :]
+    den = np.einsum("sp,bgp->bgs", cnt, vf)
+    k = w.argmax(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.take_along_axis(num / den, k[:, None, :], axis=1)[:, 0]
+    return np.where(w.sum(1) > 0, out, np.nan)
 
 
 def welch_t(d: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -193,7 +193,6 @@ class _HFBase:
             "model_id": None if self.weights_hash else self.model_id,
             "revision": self.revision,
             "weights_sha256": self.weights_hash,
-            "layers": list(self.layers),
             "dtype": self.dtype,
             "normalize": self._normalize_info()[0],
             "max_samples": self.max_samples,
@@ -214,6 +213,7 @@ class _HFBase:
             **self.identity(),
             "model_id": self.model_id,
             "model_type": self.config.model_type,
+            "layers": list(self.layers),
             "num_hidden_layers": self._num_layers(),
             "hidden_size": self._hidden_size(),
             "normalize_source": source,
@@ -295,13 +295,14 @@ class HFEncoder(_HFBase):
         except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
             raise _load_hint(self.model_id, self.revision, exc) from exc
         model = model.eval().to(self.device)  # eval(): no SpecAugment masking, no LayerDrop
-        proj = getattr(model, "feature_projection", None)
-        target = getattr(proj, "layer_norm", None) or model.feature_extractor
+        if "cnn" in self.layers:  # no hook (and no reference kept to the CNN output) unless asked for
+            proj = getattr(model, "feature_projection", None)
+            target = getattr(proj, "layer_norm", None) or model.feature_extractor
 
-        def hook(_mod: Any, _inp: Any, out: Any) -> None:
-            self._cnn_out = out if target is not model.feature_extractor else out.transpose(1, 2)
+            def hook(_mod: Any, _inp: Any, out: Any) -> None:
+                self._cnn_out = out if target is not model.feature_extractor else out.transpose(1, 2)
 
-        target.register_forward_hook(hook)
+            target.register_forward_hook(hook)
         return model
 
     def _groups(self, waves: Sequence[np.ndarray]) -> list[list[int]]:
@@ -411,7 +412,8 @@ class WhisperEncoder(_HFBase):
 
             self._cnn_out = F.gelu(out).transpose(1, 2)  # the encoder applies GELU right after conv2
 
-        enc.conv2.register_forward_hook(hook)
+        if "cnn" in self.layers:
+            enc.conv2.register_forward_hook(hook)
         return enc
 
     def identity(self) -> dict[str, Any]:
@@ -472,7 +474,7 @@ def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
         model_str = str(local.resolve())
         if not (local / "config.json").exists():
             raise EncoderError(f"{local}: local model directory has no config.json")
-    elif Path(model_str).suffix or model_str.startswith((".", "/", "~")):
+    elif model_str.startswith((".", "/", "~")) or model_str.count("/") > 1:  # a path, not an "org/name" id
         raise EncoderError(f"{model_str}: no such model directory")
     from transformers import AutoConfig
 

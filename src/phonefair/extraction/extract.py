@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ import pandas as pd
 
 from phonefair.corpus.schema import Corpus, problems_frame
 from phonefair.encoders.base import Encoder, parse_layers
-from phonefair.extraction.frames import FRAME_RULE, POOLINGS, pool, pooling_ranges
+from phonefair.extraction.frames import FRAME_RULE, POOLINGS, pool_layers, pooling_ranges
 from phonefair.store.disk import STORE_VERSION, EmbeddingStore, StoreWriter, open_store, store_key
 
 #: test hook: "k" or "k:commit" makes the process os._exit(77) after k utterances were written (before their
 #: commit) or right after the first commit that covers k utterances. Used to test crash recovery.
 CRASH_ENV = "PHONEFAIR_TEST_CRASH_AFTER"
+_FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def _utterances(corpus: Corpus) -> pd.DataFrame:
@@ -111,7 +113,11 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
     phones = corpus.phones
     starts = phones["start"].to_numpy(dtype=np.float64, na_value=np.nan)
     ends = phones["end"].to_numpy(dtype=np.float64, na_value=np.nan)
-    rec = corpus.recordings.set_index("recording_id")
+    # one lookup table instead of corpus.audio_path() per utterance (a linear scan: quadratic on big corpora)
+    rec_info = {str(r): (Path(str(p)) if Path(str(p)).is_absolute() else Path(corpus.source) / str(p),
+                         None if pd.isna(c) else int(c))
+                for r, p, c in zip(corpus.recordings["recording_id"], corpus.recordings["audio_path"],
+                                   corpus.recordings["channel"], strict=True)}
     crash = _crash_hook()
     timings = {"audio_read": 0.0, "forward": 0.0, "pooling": 0.0, "writing": 0.0}
     t_start = time.perf_counter()
@@ -121,13 +127,17 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
     with StoreWriter(store_root, key, tokens=phones, dims=dims, dtype=dtype, lock_timeout=lock_timeout) as w:
         if w.complete:  # another process finished it while we waited for the lock
             return EmbeddingStore(w.dir)
-        todo = [b for b in range(n_batches) if b not in w.done_batches]
+        def members(b: int) -> range:
+            return range(b * batch_size, min((b + 1) * batch_size, len(utts)))
+
+        # the journal lists utterances, so a resume with another batch_size never skips unfinished work
+        todo = [b for b in range(n_batches) if not all(i in w.done for i in members(b))]
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(utts), unit="utt", desc=f"extract {Path(encoder.model_id).name}",
-                       initial=len(utts) - sum(min(batch_size, len(utts) - b * batch_size) for b in todo))
+                       initial=len(utts) - sum(len(members(b)) for b in todo))
         total_h = corpus.hours
         done_s = 0.0
         pending: list[int] = []
@@ -140,16 +150,20 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
             ok: list[Any] = []
             t0 = time.perf_counter()
             for u in batch.itertuples(index=False):
-                path = corpus.audio_path(u.recording_id)
-                ch = rec.at[u.recording_id, "channel"] if u.recording_id in rec.index else pd.NA
                 try:
-                    x = read_audio(path, target_sr=16000, channel=None if pd.isna(ch) else int(ch), mix=mix)
+                    if u.recording_id not in rec_info:
+                        raise ValueError(f"recording_id {u.recording_id!r} of the phone table is not in the "
+                                         f"recordings table")
+                    path, ch = rec_info[u.recording_id]
+                    x = read_audio(path, target_sr=16000, channel=ch, mix=mix)
                 except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
                     if on_audio_error == "raise":
-                        raise type(exc)(f"recording {u.recording_id!r} ({path}): {exc}") from exc
+                        where = rec_info.get(u.recording_id, ("<no recording row>", None))[0]
+                        raise _with_context(exc, f"recording {u.recording_id!r} ({where}): {exc}") from exc
                     _nan_rows(w, dims, u.row_lo, u.row_hi)
                     pending_stats["n_nan_rows"] += int(u.row_hi - u.row_lo)
-                    pending_stats["problems"].append(_problem(path, "audio_path", str(exc), u))
+                    pending_stats["problems"].append(_problem(rec_info.get(u.recording_id, ("", None))[0],
+                                                              "audio_path", str(exc), u))
                     continue
                 if encoder.num_frames(len(x)) == 0:
                     _nan_rows(w, dims, u.row_lo, u.row_hi)
@@ -160,44 +174,20 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
                 waves.append(x)
                 ok.append(u)
             t1 = time.perf_counter()
-            results = encoder.frames_batch(waves) if waves else []
-            t2 = time.perf_counter()
-            t_pool = t_write = 0.0
-            for u, x, fr in zip(ok, waves, results, strict=True):
-                tp = time.perf_counter()
-                n_fr = encoder.num_frames(len(x))
-                if len(x) > getattr(encoder, "max_samples", np.inf):
-                    pending_stats["n_chunked"] += 1
-                s, e = starts[u.row_lo:u.row_hi], ends[u.row_lo:u.row_hi]
-                bad = ~(np.isfinite(s) & np.isfinite(e))
-                if bad.any():
-                    pending_stats["n_nan_rows"] += int(bad.sum())
-                    pending_stats["problems"].append(_problem(
-                        corpus.audio_path(u.recording_id), "start/end", f"{int(bad.sum())} phone(s) with missing/non-finite times", u))
-                    s, e = np.where(bad, 0.0, s), np.where(bad, 0.0, e)
-                lo, hi, clamped = pooling_ranges(s, e, n_fr, pooling, encoder.grid)
-                pending_stats["n_phones_clamped"] += int(clamped[~bad].sum())
-                pooled = {}
-                for layer in sel:
-                    f = fr[layer]
-                    if f.shape[0] != n_fr:
-                        raise RuntimeError(f"{encoder!r} returned {f.shape[0]} frames for {len(x)} samples, "
-                                           f"expected {n_fr}")
-                    v = pool(f, lo, hi)
-                    v[bad] = np.nan
-                    pooled[layer] = v
-                tw = time.perf_counter()
-                for layer in sel:
-                    w.write_rows(layer, int(u.row_lo), pooled[layer])
-                t_pool += tw - tp
-                t_write += time.perf_counter() - tw
-                pending_stats["audio_seconds"] += len(x) / 16000
-                done_s += len(x) / 16000
             timings["audio_read"] += t1 - t0
-            timings["forward"] += t2 - t1
-            timings["pooling"] += t_pool
-            timings["writing"] += t_write
-            pending.append(b)
+            # models that cannot be padded run one utterance at a time anyway: handle each utterance completely
+            # before the next, so only one utterance's hidden states are ever held in memory
+            subs = [list(range(len(waves)))] if encoder.can_pad else [[i] for i in range(len(waves))]
+            for sub in subs:
+                tf = time.perf_counter()
+                results = encoder.frames_batch([waves[i] for i in sub])
+                timings["forward"] += time.perf_counter() - tf
+                for i, fr in zip(sub, results, strict=True):
+                    _pool_and_write(w, encoder, ok[i], len(waves[i]), fr, sel, pooling, starts, ends,
+                                    rec_info[ok[i].recording_id][0], pending_stats, timings, dtype == "float16")
+                    done_s += len(waves[i]) / 16000
+                del results
+            pending.extend(members(b))
             n_written += len(batch)
             if crash and crash[1] == "write" and n_written >= crash[0]:
                 os._exit(77)
@@ -226,6 +216,7 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
             "n_phones_clamped": stats["n_phones_clamped"],
             "n_utterances_chunked": stats["n_chunked"],
             "n_nan_rows": stats["n_nan_rows"],
+            "n_float16_overflow": stats["n_float16_overflow"],
             "n_problems": len(problems),
             "audio_seconds": round(stats["audio_seconds"], 3),
             "resumed": len(todo) < n_batches,
@@ -234,11 +225,57 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "phonefair_version": _version(),
         }
+        if stats["n_float16_overflow"]:
+            warnings.warn(f"{stats['n_float16_overflow']} pooled values exceed the float16 range and are stored as "
+                          f"inf; use dtype='float32' for this model", RuntimeWarning, stacklevel=2)
         return w.finalize(prov, problems)
 
 
+def _pool_and_write(w: StoreWriter, encoder: Encoder, u: Any, n_samples: int, fr: dict[str, np.ndarray],
+                    sel: Sequence[str], pooling: str, starts: np.ndarray, ends: np.ndarray, path: Path,
+                    stats: dict[str, Any], timings: dict[str, float], fp16: bool) -> None:
+    """Pool one utterance's frames into its phone rows and write them."""
+    tp = time.perf_counter()
+    n_fr = encoder.num_frames(n_samples)
+    if n_samples > getattr(encoder, "max_samples", np.inf):
+        stats["n_chunked"] += 1
+    s, e = starts[u.row_lo:u.row_hi], ends[u.row_lo:u.row_hi]
+    bad = ~(np.isfinite(s) & np.isfinite(e))
+    if bad.any():  # cannot place these phones in time: NaN rows + a problem, never a silent guess
+        stats["n_nan_rows"] += int(bad.sum())
+        stats["problems"].append(_problem(path, "start/end",
+                                          f"{int(bad.sum())} phone(s) with missing/non-finite times", u))
+        s, e = np.where(bad, 0.0, s), np.where(bad, 0.0, e)
+    lo, hi, clamped = pooling_ranges(s, e, n_fr, pooling, encoder.grid)
+    stats["n_phones_clamped"] += int(clamped[~bad].sum())
+    for layer in sel:
+        if fr[layer].shape[0] != n_fr:
+            raise RuntimeError(f"{encoder!r} returned {fr[layer].shape[0]} frames for {n_samples} samples, "
+                               f"expected {n_fr}")
+    pooled = pool_layers({k: fr[k] for k in sel}, lo, hi)
+    for v in pooled.values():
+        v[bad] = np.nan
+        if fp16:  # |x| > 65504 would be stored as inf: count it rather than let it pass unnoticed
+            stats["n_float16_overflow"] += int((np.abs(v) > _FP16_MAX).sum())
+    tw = time.perf_counter()
+    for layer in sel:
+        w.write_rows(layer, int(u.row_lo), pooled[layer])
+    timings["pooling"] += tw - tp
+    timings["writing"] += time.perf_counter() - tw
+    stats["audio_seconds"] += n_samples / 16000
+
+
+def _with_context(exc: Exception, message: str) -> Exception:
+    """The same exception type with the recording named (RuntimeError if the type cannot be rebuilt)."""
+    try:
+        return type(exc)(message)
+    except Exception:  # noqa: BLE001 - exception types with other constructor signatures
+        return RuntimeError(message)
+
+
 def _empty_stats() -> dict[str, Any]:
-    return {"n_phones_clamped": 0, "n_chunked": 0, "n_nan_rows": 0, "audio_seconds": 0.0, "problems": []}
+    return {"n_phones_clamped": 0, "n_chunked": 0, "n_nan_rows": 0, "n_float16_overflow": 0, "audio_seconds": 0.0,
+            "problems": []}
 
 
 def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -247,6 +284,7 @@ def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
         out["n_phones_clamped"] += int(s["n_phones_clamped"])
         out["n_chunked"] += int(s["n_chunked"])
         out["n_nan_rows"] += int(s["n_nan_rows"])
+        out["n_float16_overflow"] += int(s.get("n_float16_overflow", 0))
         out["audio_seconds"] += float(s["audio_seconds"])
         out["problems"].extend(s["problems"])
     return out

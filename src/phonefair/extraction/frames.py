@@ -122,21 +122,48 @@ def pooling_ranges(start: np.ndarray, end: np.ndarray, n_frames: int, pooling: s
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
 
 
-def pool(hidden: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Mean of ``hidden[lo[k]:hi[k]]`` for every phone ``k``: ``[T, D] -> [P, D]`` float32.
+def _check_ranges(n_frames: int, lo: np.ndarray, hi: np.ndarray) -> None:
+    if len(lo) and (lo.min() < 0 or hi.max() > n_frames or (hi <= lo).any()):
+        raise ValueError(f"invalid frame ranges for {n_frames} frames")
 
-    One cumulative sum (float64, so long utterances do not lose precision) serves all phones.
+
+def _segments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame indices of all phones laid end to end, where each phone's run starts, and run lengths."""
+    n = hi - lo
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+    idx = np.repeat(lo - starts, n) + np.arange(int(n.sum()))
+    return idx, starts, n
+
+
+def pool_layers(frames: dict[str, np.ndarray], lo: np.ndarray, hi: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`pool` for several layers of one utterance (all ``[T, D_layer]``), sharing the index arithmetic.
+
+    Each phone's frames are gathered into one contiguous run and summed with ``np.add.reduceat``: linear in the
+    number of frames, no BLAS threads, no ``[P, T]`` weight matrix (a matrix product was 1.3-8x slower on the
+    2-core dev box, a float64 cumulative sum ~6x).
     """
-    if hidden.ndim != 2:
-        raise ValueError(f"hidden states must be [T, D], got shape {hidden.shape}")
     lo = np.asarray(lo, dtype=np.int64)
     hi = np.asarray(hi, dtype=np.int64)
-    if len(lo) and (lo.min() < 0 or hi.max() > hidden.shape[0] or (hi <= lo).any()):
-        raise ValueError(f"invalid frame ranges for {hidden.shape[0]} frames")
-    csum = np.zeros((hidden.shape[0] + 1, hidden.shape[1]), dtype=np.float64)
-    np.cumsum(hidden, axis=0, dtype=np.float64, out=csum[1:])
-    out = (csum[hi] - csum[lo]) / (hi - lo)[:, None]
-    return out.astype(np.float32)
+    if not frames:
+        return {}
+    n_frames = next(iter(frames.values())).shape[0]
+    for name, h in frames.items():
+        if h.ndim != 2 or h.shape[0] != n_frames:
+            raise ValueError(f"layer {name!r}: hidden states must be [{n_frames}, D], got shape {h.shape}")
+    _check_ranges(n_frames, lo, hi)
+    if len(lo) == 0:
+        return {k: np.zeros((0, h.shape[1]), np.float32) for k, h in frames.items()}
+    idx, starts, n = _segments(lo, hi)
+    inv = (1.0 / n).astype(np.float32)[:, None]
+    return {k: np.add.reduceat(np.asarray(h, dtype=np.float32)[idx], starts, axis=0) * inv
+            for k, h in frames.items()}
+
+
+def pool(hidden: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mean of ``hidden[lo[k]:hi[k]]`` for every phone ``k``: ``[T, D] -> [P, D]`` float32."""
+    if hidden.ndim != 2:
+        raise ValueError(f"hidden states must be [T, D], got shape {hidden.shape}")
+    return pool_layers({"x": hidden}, lo, hi)["x"]
 
 
 def whisper_num_frames(n_samples: int, max_frames: int) -> int:

@@ -179,7 +179,6 @@ def fit_probes(
     y_of_row = pd.Series(tokens["y"].to_numpy(), index=tokens["row"].to_numpy())
 
     resident = np.unique(np.concatenate([p.rows for p in pops] + [test["row"].to_numpy()]))
-    loc = {int(r): i for i, r in enumerate(resident)}  # source row -> resident index (same for every layer)
 
     def local(rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(resident, rows)

@@ -36,9 +36,12 @@ class TrainerConfig:
     optimizer: str = "auto"  # "auto": L-BFGS when the gathered training tensor is small, else Adam
     hidden: int = 256  # MLP hidden width
     max_iter: int = 300  # L-BFGS iterations
-    epochs: int = 12  # Adam passes over each probe's rows
+    epochs: int = 4  # Adam passes over each probe's rows
     batch_size: int = 1024  # Adam rows per probe per step
-    lr: float = 0.01  # Adam peak learning rate (cosine decay to lr / 100)
+    lr: float = 0.003  # Adam peak learning rate (cosine decay to lr / 100)
+    precondition: bool = True  # linear probe + Adam: optimise in decorrelated coordinates (same optimum)
+    precondition_rows: int = 20000  # rows used to estimate the feature correlation
+    precondition_rank: int = 128  # eigen-directions preconditioned exactly (the rest share one scale)
     lbfgs_max_bytes: int = 256 * 2**20  # "auto" uses L-BFGS only below this size of the [P, n, D] tensor
     chunk_rows: int = 4096  # rows per chunk when gathering / predicting
 
@@ -138,10 +141,16 @@ def _weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torc
     return (nll * w[:, None, :]).sum(-1) / w.sum(-1).clamp_min(1.0)[:, None]
 
 
+def _gather_chunk(chunk_rows: int, n_probes: int, dim: int, budget_bytes: int = 128 * 2**20) -> int:
+    """Positions per chunk so a gathered ``[P, chunk, D]`` float64 block stays within ``budget_bytes``."""
+    return max(1, min(chunk_rows, budget_bytes // max(1, 8 * n_probes * dim)))
+
+
 def standardisation(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
                     chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-probe mean and SD ``[P, D]`` of ``x[rows[p]]`` (weighted; SD 0 replaced by 1), gathered in chunks."""
     P, D = rows.shape[0], x.shape[1]
+    chunk_rows = _gather_chunk(chunk_rows, P, D)
     s = torch.zeros(P, D, dtype=torch.float64, device=x.device)
     ss = torch.zeros_like(s)
     for start in range(0, rows.shape[1], chunk_rows):
@@ -238,14 +247,57 @@ def _fit_lbfgs(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: t
     return int(state.get("n_iter", 0))
 
 
+@dataclass
+class Preconditioner:
+    """``W = c (V + U diag(s - 1) U^T V)``: ``Σ^{-1/2}`` on the top-``r`` eigen-directions of the feature correlation
+    Σ, a constant ``c`` on the rest (``c = 1/sqrt(mean of the remaining eigenvalues)``).
+
+    Only the optimisation path uses it (Adam runs on ``V``): the objective, and so the optimum, is unchanged. It
+    removes the strong feature correlations that make first-order methods crawl on encoder features; low rank keeps
+    its cost per step at ``O(D r C)`` instead of ``O(D² C)``.
+    """
+
+    u: torch.Tensor  # [D, r]
+    s: torch.Tensor  # [r]
+    c: float
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        utv = torch.einsum("dr,pkdc->pkrc", self.u, v)
+        return self.c * (v + torch.einsum("dr,pkrc->pkdc", self.u, (self.s - 1)[:, None] * utv))
+
+
+def preconditioner(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, gen: torch.Generator,
+                   max_rows: int = 20000, rank: int = 128) -> Preconditioner:
+    """Estimate a :class:`Preconditioner` from the z-scored training rows (union over probes, subsampled)."""
+    union = torch.unique(rows[weight > 0])
+    if union.numel() > max_rows:
+        union = union[torch.randperm(union.numel(), generator=gen, device=union.device)[:max_rows]]
+    z = x[union].double()
+    z = (z - z.mean(0)) / z.std(0).clamp_min(1e-8)
+    cov = (z.T @ z) / max(1, z.shape[0] - 1)
+    ev, q = torch.linalg.eigh(cov)  # ascending
+    ev = ev.clamp_min(1e-3 * float(ev.max()))  # floor: near-null directions are not blown up
+    r = min(rank, ev.numel())
+    top, u = ev[-r:], q[:, -r:]
+    tail = float(ev[:-r].mean()) if r < ev.numel() else 1.0
+    return Preconditioner(u=u.to(x.dtype), s=(tail / top).sqrt().to(x.dtype), c=1.0 / math.sqrt(tail))
+
+
 def _fit_adam(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
               l2: torch.Tensor, config: TrainerConfig, gen: torch.Generator) -> int:
     P, n = rows.shape
     bs = min(config.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     total = steps_per_epoch * config.epochs
-    params = list(probes.params.values())
-    optim = torch.optim.Adam(params, lr=config.lr)
+    pre = config.precondition and probes.kind == "linear"
+    if pre:
+        pm = preconditioner(x, rows, weight, gen, config.precondition_rows, config.precondition_rank)
+        probes.params["W"].requires_grad_(False)
+        v = torch.zeros_like(probes.params["W"], requires_grad=True)
+        opt_params = [v, probes.params["b"]]
+    else:
+        opt_params = list(probes.params.values())
+    optim = torch.optim.Adam(opt_params, lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=total, eta_min=config.lr / 100)
     mask = probes.class_mask
     # rows per probe are the same in every epoch; only their order is reshuffled (independently per probe)
@@ -254,13 +306,19 @@ def _fit_adam(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: to
         r_ep, w_ep, y_ep = rows.gather(1, order), weight.gather(1, order), yr.gather(1, order)
         for s in range(steps_per_epoch):
             sl = slice(s * bs, (s + 1) * bs)
+            params = probes.params
+            if pre:
+                params = {"W": pm.apply(v), "b": probes.params["b"]}
             z = (x[r_ep[:, sl]] - probes.mean[:, None, :]) / probes.scale[:, None, :]
-            logits = _forward(probes.kind, probes.params, z).masked_fill(~mask[:, None, None, :], float("-inf"))
-            loss = _weighted_ce(logits, y_ep[:, sl], w_ep[:, sl]).sum() + _penalty(probes.kind, probes.params, l2)
+            logits = _forward(probes.kind, params, z).masked_fill(~mask[:, None, None, :], float("-inf"))
+            loss = _weighted_ce(logits, y_ep[:, sl], w_ep[:, sl]).sum() + _penalty(probes.kind, params, l2)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             sched.step()
+    if pre:
+        with torch.no_grad():
+            probes.params["W"] = pm.apply(v)
     return total
 
 
@@ -271,6 +329,7 @@ def evaluate_gathered(probes: BatchedProbes, x: torch.Tensor, y: torch.Tensor, r
     A row whose class the probe never saw counts as an error (it cannot be predicted) and adds no log-loss.
     """
     P, K = probes.shape
+    chunk_rows = _gather_chunk(chunk_rows, P * K, x.shape[1])
     correct = torch.zeros(P, K, dtype=torch.float64, device=x.device)
     ce = torch.zeros_like(correct)
     for start in range(0, rows.shape[1], chunk_rows):

@@ -5,7 +5,7 @@ Layout of one store (``root/<key>/``)::
     layer_<name>.npy     [N, D] float16 (default) or float32, one file per layer; read with np.load(mmap_mode="r")
     tokens.parquet       the corpus phone table (row i <-> row i of every layer)
     allocated.json       written once every layer file is preallocated (before any utterance is processed)
-    journal.jsonl        progress journal: one line per commit, listing finished batches (fsynced after the rows)
+    journal.jsonl        progress journal: one line per commit, listing finished utterances (fsynced after the rows)
     problems.parquet     utterances that could not be embedded (their rows are NaN)
     provenance.json      model, layers, pooling, frame rule, dtype, normalisation, corpus fingerprint, counts, versions
     COMPLETE             completion marker, written last; a store without it is never opened as complete
@@ -123,7 +123,14 @@ class EmbeddingStore:
     def read(self, layer: LayerName, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """float32 ``[len(rows), D]`` (all rows when ``rows`` is None); only this layer's file is touched."""
         mm = self.array(layer)
-        out = mm if rows is None else mm[np.asarray(rows, dtype=np.int64)]
+        if rows is None:
+            return np.asarray(mm, dtype=np.float32)
+        r = np.asarray(rows)
+        if r.dtype == bool:  # a boolean mask over tokens, not row numbers
+            if r.shape != (mm.shape[0],):
+                raise ValueError(f"boolean rows must have length {mm.shape[0]}, got {r.shape}")
+            r = np.flatnonzero(r)
+        out = mm[r.astype(np.int64)]
         return np.asarray(out, dtype=np.float32)
 
     @property
@@ -143,11 +150,12 @@ def open_store(root: str | os.PathLike[str], key: str) -> EmbeddingStore | None:
 class StoreWriter:
     """Writes one store crash-safely; used by :func:`phonefair.extraction.extract`.
 
-    Protocol: ``with StoreWriter(...) as w``: ``w.done_batches`` (from the journal) -> for each remaining batch
-    ``w.write_rows(...)`` then ``w.commit(batch_ids, stats)`` -> ``w.finalize(provenance)``. Rows are written with
-    ``os.pwrite`` into preallocated ``.npy`` files (no long-lived memory map, so resident memory does not grow with
-    the store) and fsynced before the journal line that declares them done is appended and fsynced. After a crash
-    the journal lists only batches whose rows are on disk; any other batch is recomputed and overwritten.
+    Protocol: ``with StoreWriter(...) as w``: ``w.done`` (utterance indices finished, from the journal) -> for
+    each remaining batch ``w.write_rows(...)`` then ``w.commit(utterance_indices, stats)`` ->
+    ``w.finalize(provenance, problems)``. Rows are written with ``os.pwrite`` into preallocated ``.npy`` files (no
+    long-lived memory map, so resident memory does not grow with the store) and fsynced before the journal line
+    that declares them done is appended and fsynced. After a crash the journal lists only utterances whose rows are
+    on disk; anything else is recomputed and overwritten.
     """
 
     def __init__(self, root: str | os.PathLike[str], key: str, *, tokens: pd.DataFrame, dims: Mapping[str, int],
@@ -163,7 +171,7 @@ class StoreWriter:
         self.lock_timeout = lock_timeout
         self._lock_fd: int | None = None
         self._fds: dict[str, tuple[int, int]] = {}
-        self.done_batches: set[int] = set()
+        self.done: set[int] = set()
         self.batch_stats: list[dict[str, Any]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -255,7 +263,7 @@ class StoreWriter:
             except json.JSONDecodeError:
                 break
             good.append(line)
-            self.done_batches.update(int(b) for b in rec["batches"])
+            self.done.update(int(b) for b in rec["done"])
             self.batch_stats.append(rec["stats"])
         # rewrite without any torn tail so later appends start on a clean line
         _atomic_write(path, "".join(good))
@@ -267,22 +275,23 @@ class StoreWriter:
         dim = self.dims[layer]
         if values.ndim != 2 or values.shape[1] != dim or lo < 0 or lo + values.shape[0] > self.n:
             raise StoreError(f"layer {layer!r}: cannot write {values.shape} at row {lo} of ({self.n}, {dim})")
-        buf = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
+        with np.errstate(over="ignore"):  # float16 overflow is counted (and warned about) by extract()
+            buf = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
         pos = offset + lo * dim * self.dtype.itemsize
         while buf:  # pwrite may write less than asked
             k = os.pwrite(fd, buf, pos)
             buf, pos = buf[k:], pos + k
 
-    def commit(self, batches: Sequence[int], stats: Mapping[str, Any]) -> None:
-        """Make the rows of ``batches`` durable, then record them as done."""
+    def commit(self, items: Sequence[int], stats: Mapping[str, Any]) -> None:
+        """Make the rows written so far durable, then record ``items`` (utterance indices) as done."""
         for fd, _ in self._fds.values():
             os.fsync(fd)
-        line = json.dumps({"batches": [int(b) for b in batches], "stats": dict(stats)}, default=str) + "\n"
+        line = json.dumps({"done": [int(b) for b in items], "stats": dict(stats)}, default=str) + "\n"
         with open(self.dir / "journal.jsonl", "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-        self.done_batches.update(int(b) for b in batches)
+        self.done.update(int(b) for b in items)
         self.batch_stats.append(dict(stats))
 
     def finalize(self, provenance: Mapping[str, Any], problems: pd.DataFrame) -> EmbeddingStore:
