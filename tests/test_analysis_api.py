@@ -156,3 +156,17 @@ def test_bad_input_errors() -> None:
         analyze(sim.embeddings, sim.groups.map(lambda _: "A"), **FAST)
     with pytest.raises(ValueError, match="speaker_accuracy is missing columns"):
         analyze(sim.embeddings, sim.groups, speaker_accuracy=pd.DataFrame({"speaker": ["A_s00"]}), **FAST)
+
+
+def test_nonfinite_rows_are_skipped_and_reported() -> None:
+    """Stores mark utterances they could not embed with NaN rows: those rows must not poison the statistics."""
+    sim = simulate("shift", seed=7)
+    X = sim.embeddings.read("0").copy()
+    X[[3, 500, 900]] = np.nan
+    emb = InMemoryEmbeddings(sim.tokens, {"0": X})
+    res = analyze(emb, sim.groups, **FAST)
+    t = res.tables()
+    assert t["problems"]["reason"].str.contains("3 token rows hold NaN").any()
+    assert np.isfinite(t["decomposition"]["within_speaker_var"]).all()
+    assert t["speaker_variance"]["n_tokens"].sum() == 2 * (len(sim.tokens) - 3)  # two spaces
+    assert dict(zip(t["verdict"]["group"], t["verdict"]["verdict"], strict=True))["C"] == "systematic-dominant"

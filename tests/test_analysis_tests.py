@@ -47,7 +47,8 @@ def verdicts(res) -> dict[str, str]:  # type: ignore[no-untyped-def]
     ("count_confound", "no detectable disadvantage"),
     ("frequency_confound", "no detectable disadvantage"),
 ])
-def test_verdict_names_the_planted_type(results, scenario: str, expected_c: str) -> None:  # type: ignore[no-untyped-def]
+def test_verdict_names_the_planted_type(results, scenario: str,  # type: ignore[no-untyped-def]
+                                        expected_c: str) -> None:
     v = verdicts(results[scenario])
     assert v["C"] == expected_c
     assert v["A"] == v["B"] == "no detectable disadvantage"  # the unshifted groups are never blamed

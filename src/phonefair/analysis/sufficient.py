@@ -102,6 +102,7 @@ class LayerStats:
     spaces: dict[str, SpaceStats]
     token_cells: np.ndarray | None = None  # [n] cell id (s * P + p) of each kept token, if tokens were kept
     token_proj: np.ndarray | None = None  # [n, k] float32 LDA-projected tokens, if kept
+    nonfinite_rows: np.ndarray | None = None  # source rows skipped because they hold NaN/inf (unembeddable)
 
 
 def accumulate_layer(source: EmbeddingSource, layer: str, rows: np.ndarray, spk_idx: np.ndarray,
@@ -117,16 +118,24 @@ def accumulate_layer(source: EmbeddingSource, layer: str, rows: np.ndarray, spk_
     n_cells = n_speakers * n_phones
     cells = spk_idx.astype(np.int64) * n_phones + phone_idx
     acc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    counts = np.bincount(cells, minlength=n_cells).astype(np.int64)
+    counts = np.zeros(n_cells, dtype=np.int64)
     kept: list[np.ndarray] = []
+    kept_cells: list[np.ndarray] = []
+    bad: list[np.ndarray] = []
     centre32 = centre.astype(np.float32)
     for a in range(0, len(rows), chunk_rows):
         r = rows[a:a + chunk_rows]
         c = cells[a:a + chunk_rows]
+        pi = phone_idx[a:a + chunk_rows]
         X = np.asarray(source.read(layer, r), dtype=np.float32)
         if X.shape[0] != len(r):
             raise ValueError(f"layer {layer!r}: source.read returned {X.shape[0]} rows for {len(r)} requested")
-        X -= centre32[phone_idx[a:a + chunk_rows]]
+        finite = np.isfinite(X).all(1)
+        if not finite.all():  # e.g. rows of utterances the extraction could not embed (NaN): skipped, reported
+            bad.append(r[~finite])
+            X, r, c, pi = X[finite], r[finite], c[finite], pi[finite]
+        counts += np.bincount(c, minlength=n_cells)
+        X -= centre32[pi]
         u, inv = np.unique(c, return_inverse=True)
         agg = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (inv, np.arange(len(r)))), shape=(len(u), len(r)))
         for name, W in projections.items():
@@ -138,6 +147,7 @@ def accumulate_layer(source: EmbeddingSource, layer: str, rows: np.ndarray, spk_
             sumsq[u] += np.bincount(inv, weights=np.einsum("ij,ij->i", Y, Y).astype(np.float64), minlength=len(u))
             if name == keep_tokens:
                 kept.append(Y.astype(np.float32, copy=True))
+                kept_cells.append(c)
     out: dict[str, SpaceStats] = {}
     cnt = counts.astype(np.float64)
     for name in list(acc):
@@ -148,7 +158,8 @@ def accumulate_layer(source: EmbeddingSource, layer: str, rows: np.ndarray, spk_
         out[name] = SpaceStats(mean=mean.reshape(n_speakers, n_phones, D),
                                count=counts.reshape(n_speakers, n_phones), ss=ss.reshape(n_speakers, n_phones))
     proj = np.concatenate(kept) if kept else None
-    return LayerStats(spaces=out, token_cells=cells if keep_tokens else None, token_proj=proj)
+    return LayerStats(spaces=out, token_cells=np.concatenate(kept_cells) if kept_cells else None, token_proj=proj,
+                      nonfinite_rows=np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64))
 
 
 def phone_centres(X: np.ndarray, phone_idx: np.ndarray, n_phones: int) -> np.ndarray:

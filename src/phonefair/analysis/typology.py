@@ -84,7 +84,8 @@ class TypologyResults:
         layers: dict[str, Any] = {}
         for layer, d in v.groupby("layer", sort=False):
             layers[str(layer)] = {str(r["group"]): {
-                "verdict": r["verdict"], "shift_sq": _clean(r["shift_sq"]), "variance_ratio": _clean(r["variance_ratio"]),
+                "verdict": r["verdict"], "shift_sq": _clean(r["shift_sq"]),
+                "variance_ratio": _clean(r["variance_ratio"]),
                 "accuracy_gap": {"estimate": _clean(r["accuracy_gap"]), "ci_low": _clean(r["accuracy_gap_ci_low"]),
                                  "ci_high": _clean(r["accuracy_gap_ci_high"])},
                 "in_group_benefit": _clean(r["in_group_benefit"]), "evidence": r["evidence"]}
@@ -348,6 +349,7 @@ def analyze(
     vspace = "lda" if "lda" in spaces else spaces[0]
 
     rows_dec, rows_test, rows_pair, rows_spk, rows_vt = [], [], [], [], []
+    problems: list[dict[str, Any]] = list(des.problems)
     acc_frames: list[pd.DataFrame] = []
     expo_frames: list[pd.DataFrame] = []
     lda_info: dict[str, Any] = {}
@@ -360,6 +362,9 @@ def analyze(
         samp = sample_rows(des.train_rows, lda_max_tokens, lseed)
         pos = np.searchsorted(des.rows, samp)
         Xs = np.asarray(source.read(layer, samp), dtype=np.float32)
+        fin = np.isfinite(Xs).all(1)
+        if not fin.all():
+            Xs, samp, pos = Xs[fin], samp[fin], pos[fin]
         centre = phone_centres(Xs, des.phone_idx[pos], P)
         projections: dict[str, np.ndarray | None] = {}
         if "raw" in spaces:
@@ -374,6 +379,10 @@ def analyze(
         ls: LayerStats = accumulate_layer(source, layer, des.rows, des.spk_idx, des.phone_idx, S, P, centre=centre,
                                           projections=projections, chunk_rows=chunk_rows,
                                           keep_tokens="lda" if spk_acc_in is None else None)
+        if ls.nonfinite_rows is not None and len(ls.nonfinite_rows):
+            bad = ls.nonfinite_rows
+            problems.append({"layer": layer, "reason": f"{len(bad)} token rows hold NaN/inf and were not analysed "
+                                                       f"(first rows: {bad[:10].tolist()})"})
         onehot = (des.labels[None, :] == np.arange(G)[:, None]).astype(np.float64)
         if spk_acc_in is None:
             acc = ncm_speaker_accuracy(ls.spaces["lda"], ls.token_cells, ls.token_proj)  # type: ignore[arg-type]
@@ -467,7 +476,6 @@ def analyze(
                                           gap_lo=gp["ci_low"], gap_hi=gp["ci_high"], alpha=fdr_alpha,
                                           is_reference=is_ref)})
 
-    problems = pd.DataFrame(des.problems, columns=["layer", "space", "group", "phone", "speaker", "reason"])
     tables = {
         "decomposition": dec, "shift_tests": tests, "pairwise_shift": pd.DataFrame(rows_pair),
         "speaker_variance": spk_var, "variance_accuracy": pd.DataFrame(va_rows),
@@ -475,7 +483,7 @@ def analyze(
         "gap_attribution": pd.concat(gap_rows, ignore_index=True)[
             ["layer", "group", "accuracy_gap", "explained_by_variance", "explained_by_shift", "residual", "r2",
              "beta_variance", "beta_shift", "n_speakers"]],
-        "problems": problems,
+        "problems": pd.DataFrame(problems, columns=["layer", "space", "group", "phone", "speaker", "reason"]),
     }
     for name, df in tables.items():
         df.attrs = {"provenance": {**prov, "table": name}}

@@ -86,8 +86,7 @@ class BatchedProbes:
 
     def logits_gathered(self, xg: torch.Tensor) -> torch.Tensor:
         """Logits ``[P, K, n, C]`` for per-probe rows ``xg [P, n, D]`` (raw, unstandardised features)."""
-        z = (xg - self.mean[:, None, :]) / self.scale[:, None, :]
-        return self._mask(_forward(self.kind, self.params, z))
+        return self._mask(_forward(self.kind, _fold(self.params, self.kind, self.mean, self.scale), xg))
 
     def predict(self, x: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
         """Predicted class ``[n, P, K]`` of every probe for shared rows ``x [n, D]``."""
@@ -147,23 +146,40 @@ def _gather_chunk(chunk_rows: int, n_probes: int, dim: int, budget_bytes: int = 
 
 
 def standardisation(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
-                    chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-probe mean and SD ``[P, D]`` of ``x[rows[p]]`` (weighted; SD 0 replaced by 1), gathered in chunks."""
-    P, D = rows.shape[0], x.shape[1]
-    chunk_rows = _gather_chunk(chunk_rows, P, D)
-    s = torch.zeros(P, D, dtype=torch.float64, device=x.device)
+                    chunk_rows: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-probe mean and SD ``[P, D]`` of ``x[rows[p]]`` (weighted; SD 0 replaced by 1).
+
+    Computed as membership-matrix products over chunks of resident rows (no per-probe gather): sums of the rows
+    centred on the global mean, accumulated in float64, so float32 cancellation does not bite.
+    """
+    P, N = rows.shape[0], x.shape[0]
+    member = torch.zeros(P, N, dtype=x.dtype, device=x.device).scatter_add_(1, rows, weight.to(x.dtype))
+    g = x.mean(0, dtype=torch.float64)
+    gf = g.to(x.dtype)
+    s = torch.zeros(P, x.shape[1], dtype=torch.float64, device=x.device)
     ss = torch.zeros_like(s)
-    for start in range(0, rows.shape[1], chunk_rows):
-        w = weight[:, start:start + chunk_rows, None].double()
-        xg = x[rows[:, start:start + chunk_rows]].double()
-        s += (xg * w).sum(1)
-        ss += (xg * xg * w).sum(1)
-    n = weight.double().sum(1, keepdim=True).clamp_min(1.0)
-    mean = s / n
-    var = (ss / n - mean**2).clamp_min(0.0)
+    for start in range(0, N, chunk_rows):
+        xc = x[start:start + chunk_rows] - gf
+        m = member[:, start:start + chunk_rows]
+        s += (m @ xc).double()
+        ss += (m @ (xc * xc)).double()
+    n = member.double().sum(1, keepdim=True).clamp_min(1.0)
+    mc = s / n
+    var = (ss / n - mc**2).clamp_min(0.0)
     sd = var.sqrt()
-    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))  # constant feature: leave it unscaled
-    return mean.to(x.dtype), sd.to(x.dtype)
+    sd = torch.where(sd > 1e-8 * (1.0 + g.abs()), sd, torch.ones_like(sd))  # constant feature: leave it unscaled
+    return (mc + g).to(x.dtype), sd.to(x.dtype)
+
+
+def _fold(params: dict[str, torch.Tensor], kind: str, mean: torch.Tensor,
+          scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """First-layer weights acting on *raw* rows: ``((x - m)/s) W + b = x (W/s) + (b - (m/s) W)``."""
+    wn, bn = ("W", "b") if kind == "linear" else ("W1", "b1")
+    w = params[wn]
+    out = dict(params)
+    out[wn] = w / scale[:, None, :, None]
+    out[bn] = params[bn] - torch.einsum("pd,pkdc->pkc", mean / scale, w)
+    return out
 
 
 def _init_params(kind: str, P: int, K: int, D: int, C: int, hidden: int, gen: torch.Generator,
@@ -205,7 +221,7 @@ def fit_batched(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: to
     yr = y[rows].clamp_min(0)
     if ((y[rows] < 0) & (weight > 0)).any():
         raise ValueError("fit_batched: a training row has no class (y = -1)")
-    mean, scale = standardisation(x, rows, weight, config.chunk_rows)
+    mean, scale = standardisation(x, rows, weight)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     params = _init_params(config.probe, P, K, D, C, config.hidden, gen, dev)
     for t in params.values():
@@ -272,9 +288,9 @@ def preconditioner(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, ge
     union = torch.unique(rows[weight > 0])
     if union.numel() > max_rows:
         union = union[torch.randperm(union.numel(), generator=gen, device=union.device)[:max_rows]]
-    z = x[union].double()
+    z = x[union]
     z = (z - z.mean(0)) / z.std(0).clamp_min(1e-8)
-    cov = (z.T @ z) / max(1, z.shape[0] - 1)
+    cov = ((z.T @ z) / max(1, z.shape[0] - 1)).double()
     ev, q = torch.linalg.eigh(cov)  # ascending
     ev = ev.clamp_min(1e-3 * float(ev.max()))  # floor: near-null directions are not blown up
     r = min(rank, ev.numel())
@@ -309,8 +325,10 @@ def _fit_adam(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: to
             params = probes.params
             if pre:
                 params = {"W": pm.apply(v), "b": probes.params["b"]}
-            z = (x[r_ep[:, sl]] - probes.mean[:, None, :]) / probes.scale[:, None, :]
-            logits = _forward(probes.kind, params, z).masked_fill(~mask[:, None, None, :], float("-inf"))
+            # standardisation folded into the weights: the gathered rows are used as they are
+            folded = _fold(params, probes.kind, probes.mean, probes.scale)
+            logits = _forward(probes.kind, folded, x[r_ep[:, sl]]).masked_fill(~mask[:, None, None, :],
+                                                                              float("-inf"))
             loss = _weighted_ce(logits, y_ep[:, sl], w_ep[:, sl]).sum() + _penalty(probes.kind, params, l2)
             optim.zero_grad(set_to_none=True)
             loss.backward()
