@@ -4,8 +4,11 @@
     (same utterances, one at a time as extract does for group-norm models, same threads, all hidden states
     requested). Measured for a BASE-sized random wav2vec2 (12 x 768) and the tiny one (with a breakdown:
     audio read, forward, pooling, writing). Target <= 1.15.
-(2) Peak RSS (VmHWM, reset after model loading) of a fresh process extracting a 1x and a 4x corpus (a "wide" random wav2vec2, 12 x 768 with a small
-    CNN and FFN so it runs in seconds, float16 store of 13 layers): must not grow with corpus size.
+    Both wall-clock and CPU-time (all threads) ratios are reported: on a shared machine the CPU-time ratio is the
+    more stable one.
+(2) Peak RSS (VmHWM, reset after model loading) of a fresh process extracting a 1x and a 4x corpus (a "wide"
+    random wav2vec2, 12 x 768 with a small CNN and FFN so it runs in seconds, float16 store of 13 layers) must not
+    grow with corpus size.
 
     python bench/bench_extraction.py                      # everything (a few minutes on 2 CPU cores)
     python bench/bench_extraction.py --skip-base --repeats 3

@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch and BLAS threads for both sides (1: fair and stable on a shared machine)")
+    ap.add_argument("--compare-layer", default=None, help="layer of the one-layer comparison (default: middle)")
+    ap.add_argument("--skip-all-layers", action="store_true", help="only the one-layer comparison")
     ap.add_argument("--full", action="store_true", help="also time fit_probes (l2 grid + metrics) on all layers")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--out", default="", help="write the numbers as JSON here")
@@ -116,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
           f"speakers per probe: {sizes['n_speakers']}  dim: {a.dim}  classes: {src.n_classes}  device: {dev}  "
           f"torch threads: {torch.get_num_threads()}", flush=True)
 
-    layer = src.layers[len(src.layers) // 2]
+    layer = a.compare_layer if a.compare_layer is not None else src.layers[len(src.layers) // 2]
+    out_layer = {"compare_layer": layer}
     x_np = src.read(layer, resident)
     x = torch.from_numpy(x_np).to(dev)
     times, acc_b = [], None
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     b_med = _median(times)
     diffs = [abs(acc_b[i] - sk_acc[i]) for i in range(len(sk_acc))]
     out: dict[str, object] = {
-        "device": str(dev), "threads": torch.get_num_threads(), "probes_per_layer": len(pops),
+        **out_layer, "device": str(dev), "threads": torch.get_num_threads(), "probes_per_layer": len(pops),
         "train_tokens_per_probe": sizes["n_tokens"], "dim": a.dim, "classes": src.n_classes, "l2": a.l2,
         "batched_one_layer_s_median": b_med, "batched_one_layer_s_all": times,
         "sklearn_fits_timed": len(sk_times), "sklearn_s_per_fit_median": per_fit,
@@ -165,12 +168,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "heldout_acc_batched": [float(v) for v in acc_b], "heldout_acc_sklearn": sk_acc,
         "max_abs_acc_diff_points": 100 * max(diffs) if diffs else None,
     }
-    print(f"ONE LAYER: batched {b_med:.1f} s (median of {len(times)}) vs sklearn {sk_total:.1f} s "
+    print(f"ONE LAYER ({layer}): batched {b_med:.1f} s (median of {len(times)}) vs sklearn {sk_total:.1f} s "
           f"({'extrapolated from ' + str(len(sk_times)) + ' fits' if len(sk_times) < len(pops) else 'all fits'}, "
           f"{per_fit:.1f} s/fit median) -> {sk_total / b_med:.1f}x; max |acc diff| "
           f"{out['max_abs_acc_diff_points']:.2f} points", flush=True)
     del x, probes
 
+    if a.skip_all_layers:
+        src.layers = []
     t_all = time.perf_counter()
     for layer in src.layers:
         xl = torch.from_numpy(src.read(layer, resident)).to(dev)
@@ -178,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         pr.predict(xl[test_local])
         del xl, pr
     out["batched_all_layers_s"] = time.perf_counter() - t_all
-    print(f"ALL {len(src.layers)} LAYERS (batched, fixed l2, incl. generating each layer): "
-          f"{out['batched_all_layers_s']:.1f} s", flush=True)
+    if src.layers:
+        print(f"ALL {len(src.layers)} LAYERS (batched, fixed l2, incl. generating each layer): "
+              f"{out['batched_all_layers_s']:.1f} s", flush=True)
     if a.full:
         t = time.perf_counter()
         res = fit_probes(src, src.groups, device=str(dev), progress=False, n_boot=1000, keep_predictions=False)

@@ -80,6 +80,8 @@ def test_layer_subset_and_final_norm_options(model_dirs: dict[str, Path]) -> Non
     np.testing.assert_allclose(got["1"], full["1"], atol=1e-6)
     np.testing.assert_allclose(got["3_norm"], full["3_norm"], atol=1e-6)
     assert load_encoder(model_dirs["wav2vec2-stable"], final_norm=False).layers == ["0", "1", "2", "3"]
+    assert load_encoder(model_dirs["wav2vec2"], device="auto").device == ("cuda" if torch.cuda.is_available()
+                                                                          else "cpu")
     with pytest.raises(ValueError, match="post-LN"):
         load_encoder(model_dirs["wav2vec2"], final_norm=True)
     with pytest.raises(ValueError, match="not available"):
@@ -138,6 +140,17 @@ def test_whisper_encoder_frames(model_dirs: dict[str, Path]) -> None:
     for i in range(3):
         np.testing.assert_allclose(got[str(i)], ref.hidden_states[i][0, :t].numpy(), atol=1e-5)
     np.testing.assert_allclose(got["2"], ref.last_hidden_state[0, :t].numpy(), atol=1e-6)  # post-LN already
+
+
+def test_whisper_real_frames_match_feature_extractor_mask() -> None:
+    """T = ceil(N/320) is the encoder-side view of HF's own mel attention mask (mel frame j real iff 160 j < N)."""
+    fe = WhisperFeatureExtractor(feature_size=80, chunk_length=3)
+    for n in (1, 160, 161, 320, 321, 16000, 16005, 47999, 48000):
+        mask = fe(np.full(n, 0.1, np.float32), sampling_rate=16000, return_attention_mask=True,
+                  return_tensors="np")["attention_mask"]
+        mel_real = int(mask.sum())
+        assert mel_real == math.ceil(n / 160)
+        assert math.ceil(mel_real / 2) == math.ceil(n / 320)  # encoder frame i is centred on mel frame 2 i
 
 
 def test_long_audio_chunked_or_refused(model_dirs: dict[str, Path]) -> None:

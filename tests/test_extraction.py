@@ -170,6 +170,7 @@ def test_resume_after_kill_gives_identical_store(crash: str, tiny_dirs: dict[str
     # resumed with another batch size: the journal lists utterances, so nothing unfinished is skipped
     st = extract(Corpus.load(tmp_path / "corpus"), model, store_root=tmp_path / "s", batch_size=3, progress=False)
     assert st.key == key and st.provenance["resumed"] is True
+    assert st.provenance["n_utterances_reused"] == 0  # utt 0 was done, but batch {0, 1, 2} is redone as a whole
     for layer in ref.layers:
         np.testing.assert_array_equal(st.read(layer), ref.read(layer))
 

@@ -20,7 +20,8 @@ def _tokens(n: int = 10) -> pd.DataFrame:
 
 def _write_all(root: Path, key: str = "k1", dtype: str = "float16") -> tuple[EmbeddingStore, dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    data = {"0": rng.standard_normal((10, 4)).astype(np.float32), "cnn": rng.standard_normal((10, 3)).astype(np.float32)}
+    data = {"0": rng.standard_normal((10, 4)).astype(np.float32),
+            "cnn": rng.standard_normal((10, 3)).astype(np.float32)}
     with StoreWriter(root, key, tokens=_tokens(), dims={"cnn": 3, "0": 4}, dtype=dtype) as w:
         for b, (lo, hi) in enumerate(((0, 4), (4, 10))):
             for layer, a in data.items():

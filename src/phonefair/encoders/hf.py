@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from phonefair.encoders.base import EncoderError, layer_sort_key, normalise_waveform, parse_layers
+from phonefair.encoders.base import EncoderError, normalise_waveform, parse_layers
 from phonefair.extraction.frames import HOP, WAV2VEC_GRID, WHISPER_GRID, FrameGrid, num_frames, whisper_num_frames
 
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
@@ -465,8 +465,13 @@ def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
     stable-layer-norm models; False never; True requires a stable-layer-norm model. ``max_seconds`` (wav2vec-style)
     bounds one forward pass; longer audio is split into overlapping windows (``long="chunk"``, ``overlap_seconds``
     of context on each inner side, default 5 s or a sixth of the window) or refused (``long="error"``). Whisper always
-    uses its own fixed window. Honours ``HF_HUB_OFFLINE``. Weights are loaded on the first forward pass.
+    uses its own fixed window. ``device="auto"`` picks CUDA when available. Honours ``HF_HUB_OFFLINE``. Weights are
+    loaded on the first forward pass.
     """
+    if device == "auto":  # the run configuration's default
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model_str = str(model)
     local = Path(model_str).expanduser()
     is_local = local.is_dir()
@@ -506,5 +511,4 @@ def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
     return HFEncoder(model_str, preprocessor=pre, overlap_seconds=ov, **common)
 
 
-__all__ = ["HFEncoder", "WhisperEncoder", "load_encoder", "weights_sha256", "SUPPORTED_MODEL_TYPES",
-           "layer_sort_key"]
+__all__ = ["HFEncoder", "WhisperEncoder", "load_encoder", "weights_sha256", "SUPPORTED_MODEL_TYPES"]

@@ -132,12 +132,14 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
 
         # the journal lists utterances, so a resume with another batch_size never skips unfinished work
         todo = [b for b in range(n_batches) if not all(i in w.done for i in members(b))]
+        n_reused = len(utts) - sum(len(members(b)) for b in todo)
+        resumed = bool(w.done)  # a journal from an interrupted run was found
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(utts), unit="utt", desc=f"extract {Path(encoder.model_id).name}",
-                       initial=len(utts) - sum(len(members(b)) for b in todo))
+                       initial=n_reused)
         total_h = corpus.hours
         done_s = 0.0
         pending: list[int] = []
@@ -219,7 +221,8 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
             "n_float16_overflow": stats["n_float16_overflow"],
             "n_problems": len(problems),
             "audio_seconds": round(stats["audio_seconds"], 3),
-            "resumed": len(todo) < n_batches,
+            "resumed": resumed,
+            "n_utterances_reused": n_reused,
             "last_run_seconds": round(time.perf_counter() - t_start, 3),
             "last_run_timings_s": {k: round(v, 4) for k, v in timings.items()},
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

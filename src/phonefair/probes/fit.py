@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from phonefair.groups import split_speakers
-from phonefair.probes.populations import POPULATION_KINDS, Population, build_populations, inner_split
+from phonefair.probes.populations import POPULATION_KINDS, build_populations, inner_split
 from phonefair.probes.results import MetricEngine, ProbeResults, compute_tables
 from phonefair.probes.trainer import TrainerConfig, evaluate_gathered, fit_batched
 from phonefair.store.base import EmbeddingSource

@@ -1,4 +1,4 @@
-"""Probe metrics from per-token predictions, with speaker-clustered bootstrap CIs, and the :class:`ProbeResults` container.
+"""Probe metrics from per-token predictions, speaker-clustered bootstrap CIs, and :class:`ProbeResults`.
 
 Definitions (see docs/probes.md for the full text):
 

@@ -36,9 +36,9 @@ class TrainerConfig:
     optimizer: str = "auto"  # "auto": L-BFGS when the gathered training tensor is small, else Adam
     hidden: int = 256  # MLP hidden width
     max_iter: int = 300  # L-BFGS iterations
-    epochs: int = 4  # Adam passes over each probe's rows
-    batch_size: int = 1024  # Adam rows per probe per step
-    lr: float = 0.003  # Adam peak learning rate (cosine decay to lr / 100)
+    epochs: int = 3  # Adam passes over each probe's rows
+    batch_size: int = 2048  # Adam rows per probe per step
+    lr: float = 0.005  # Adam peak learning rate (cosine decay to lr / 100)
     precondition: bool = True  # linear probe + Adam: optimise in decorrelated coordinates (same optimum)
     precondition_rows: int = 20000  # rows used to estimate the feature correlation
     precondition_rank: int = 128  # eigen-directions preconditioned exactly (the rest share one scale)

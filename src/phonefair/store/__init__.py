@@ -1,5 +1,7 @@
 """Embedding stores: the protocol every analysis reads, an in-memory one and the on-disk one."""
 
 from phonefair.store.base import EmbeddingSource, InMemoryEmbeddings, LayerName
+from phonefair.store.disk import EmbeddingStore, StoreError, StoreLockedError, open_store
 
-__all__ = ["EmbeddingSource", "InMemoryEmbeddings", "LayerName"]
+__all__ = ["EmbeddingSource", "EmbeddingStore", "InMemoryEmbeddings", "LayerName", "StoreError",
+           "StoreLockedError", "open_store"]
