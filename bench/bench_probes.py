@@ -122,37 +122,54 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     out_layer = {"compare_layer": layer}
     x_np = src.read(layer, resident)
     x = torch.from_numpy(x_np).to(dev)
-    times, acc_b = [], None
-    for r in range(a.repeats):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def run_batched(r: int) -> tuple[float, float, np.ndarray, str]:
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         probes = fit_batched(x, y_all, rows, w, mask, l2, cfg, seed=r)
         pred = probes.predict(x[test_local])[:, :, 0].cpu().numpy()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-        acc_b = (pred == y_test[:, None]).mean(0)
-        print(f"  batched repeat {r}: {times[-1]:.1f} s ({probes.optimizer}, {probes.n_iter} steps)", flush=True)
-    assert acc_b is not None
+        return time.perf_counter() - t, time.process_time() - c, (pred == y_test[:, None]).mean(0), \
+            f"{probes.optimizer}, {probes.n_iter} steps"
 
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-    sk_times, sk_acc, sk_iter = [], [], []
     xt_np = x_np[np.searchsorted(resident, test_rows)]
-    for i, p in enumerate(pops[: a.sk_fits]):
+
+    def run_sklearn(i: int) -> tuple[float, float, float, int]:
+        p = pops[i]
         xr = x_np[np.searchsorted(resident, p.rows)]
         yr = tok["y"].to_numpy()[p.rows]
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         sc = StandardScaler().fit(xr)
         m = LogisticRegression(C=1.0 / (a.l2 * len(yr)), solver="lbfgs", max_iter=2000)
         m.fit(sc.transform(xr), yr)
         acc = float(m.score(sc.transform(xt_np), y_test))
-        sk_times.append(time.perf_counter() - t)
-        sk_acc.append(acc)
-        sk_iter.append(int(m.n_iter_[0]))
-        print(f"  sklearn fit {i} ({p.label}, seed {p.seed}): {sk_times[-1]:.1f} s, {sk_iter[-1]} iterations, "
-              f"held-out acc {acc:.4f} (batched {acc_b[i]:.4f})", flush=True)
+        return time.perf_counter() - t, time.process_time() - c, acc, int(m.n_iter_[0])
+
+    # interleaved (batched, sklearn, batched, ...) so both sides see the same load on a shared machine
+    times, cpu_b, acc_b = [], [], None
+    sk_times, sk_cpu, sk_acc, sk_iter = [], [], [], []
+    for r in range(max(a.repeats, a.sk_fits)):
+        if r < a.repeats:
+            wall, cpu, acc_b, how = run_batched(r)
+            times.append(wall)
+            cpu_b.append(cpu)
+            print(f"  batched repeat {r}: {wall:.1f} s wall, {cpu:.1f} s CPU ({how})", flush=True)
+        if r < a.sk_fits:
+            wall, cpu, acc, it = run_sklearn(r)
+            sk_times.append(wall)
+            sk_cpu.append(cpu)
+            sk_acc.append(acc)
+            sk_iter.append(it)
+            p = pops[r]
+            print(f"  sklearn fit {r} ({p.label}, seed {p.seed}): {wall:.1f} s wall, {cpu:.1f} s CPU, {it} "
+                  f"iterations, held-out acc {acc:.4f}", flush=True)
+    assert acc_b is not None
+    for i in range(len(sk_acc)):
+        print(f"  probe {i}: held-out acc sklearn {sk_acc[i]:.4f} batched {acc_b[i]:.4f}")
     per_fit = _median(sk_times)
     sk_total = per_fit * len(pops)
     b_med = _median(times)
@@ -167,12 +184,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "sklearn_iterations": sk_iter,
         "heldout_acc_batched": [float(v) for v in acc_b], "heldout_acc_sklearn": sk_acc,
         "max_abs_acc_diff_points": 100 * max(diffs) if diffs else None,
+        "batched_one_layer_cpu_s_median": _median(cpu_b), "sklearn_cpu_s_per_fit_median": _median(sk_cpu),
+        "speedup_cpu_time": _median(sk_cpu) * len(pops) / _median(cpu_b),
     }
     print(f"ONE LAYER ({layer}): batched {b_med:.1f} s (median of {len(times)}) vs sklearn {sk_total:.1f} s "
           f"({'extrapolated from ' + str(len(sk_times)) + ' fits' if len(sk_times) < len(pops) else 'all fits'}, "
           f"{per_fit:.1f} s/fit median) -> {sk_total / b_med:.1f}x; max |acc diff| "
-          f"{out['max_abs_acc_diff_points']:.2f} points", flush=True)
-    del x, probes
+          f"{out['max_abs_acc_diff_points']:.2f} points; CPU-time ratio {out['speedup_cpu_time']:.1f}x", flush=True)
+    del x
 
     if a.skip_all_layers:
         src.layers = []

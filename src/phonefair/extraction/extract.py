@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -88,20 +88,9 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
     file; ``"skip"`` writes NaN rows for that recording and a row in ``store.problems`` (never zeros).
     Audio shorter than one encoder frame (25 ms) or phones with non-finite times also give NaN rows + a problem.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
-    if on_audio_error not in ("raise", "skip"):
-        raise ValueError(f"on_audio_error must be 'raise' or 'skip', got {on_audio_error!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(encoder, (str, os.PathLike)):
-        from phonefair.encoders.hf import load_encoder
-
-        encoder = load_encoder(encoder, revision=revision, layers=layers, device=device)
-        sel = list(encoder.layers)
-    else:
-        sel = parse_layers(layers, encoder.layers)
-    key, fields = extraction_key(corpus, encoder, sel, pooling, dtype, mix, on_audio_error)
+    encoder, sel, key, fields = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype,
+                                        batch_size=batch_size, device=device, mix=mix,
+                                        on_audio_error=on_audio_error, revision=revision)
     done = open_store(store_root, key)
     if done is not None:
         return done
@@ -113,16 +102,10 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
     phones = corpus.phones
     starts = phones["start"].to_numpy(dtype=np.float64, na_value=np.nan)
     ends = phones["end"].to_numpy(dtype=np.float64, na_value=np.nan)
-    # one lookup table instead of corpus.audio_path() per utterance (a linear scan: quadratic on big corpora)
-    rec_info = {str(r): (Path(str(p)) if Path(str(p)).is_absolute() else Path(corpus.source) / str(p),
-                         None if pd.isna(c) else int(c))
-                for r, p, c in zip(corpus.recordings["recording_id"], corpus.recordings["audio_path"],
-                                   corpus.recordings["channel"], strict=True)}
+    rec_info = rec_lookup(corpus)
     crash = _crash_hook()
     timings = {"audio_read": 0.0, "forward": 0.0, "pooling": 0.0, "writing": 0.0}
     t_start = time.perf_counter()
-
-    from phonefair.corpus.audio import read_audio
 
     with StoreWriter(store_root, key, tokens=phones, dims=dims, dtype=dtype, lock_timeout=lock_timeout) as w:
         if w.complete:  # another process finished it while we waited for the lock
@@ -148,47 +131,11 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
         n_written = 0
         for b in todo:
             batch = utts.iloc[b * batch_size:(b + 1) * batch_size]
-            waves: list[np.ndarray] = []
-            ok: list[Any] = []
             t0 = time.perf_counter()
-            for u in batch.itertuples(index=False):
-                try:
-                    if u.recording_id not in rec_info:
-                        raise ValueError(f"recording_id {u.recording_id!r} of the phone table is not in the "
-                                         f"recordings table")
-                    path, ch = rec_info[u.recording_id]
-                    x = read_audio(path, target_sr=16000, channel=ch, mix=mix)
-                except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
-                    if on_audio_error == "raise":
-                        where = rec_info.get(u.recording_id, ("<no recording row>", None))[0]
-                        raise _with_context(exc, f"recording {u.recording_id!r} ({where}): {exc}") from exc
-                    _nan_rows(w, dims, u.row_lo, u.row_hi)
-                    pending_stats["n_nan_rows"] += int(u.row_hi - u.row_lo)
-                    pending_stats["problems"].append(_problem(rec_info.get(u.recording_id, ("", None))[0],
-                                                              "audio_path", str(exc), u))
-                    continue
-                if encoder.num_frames(len(x)) == 0:
-                    _nan_rows(w, dims, u.row_lo, u.row_hi)
-                    pending_stats["n_nan_rows"] += int(u.row_hi - u.row_lo)
-                    pending_stats["problems"].append(_problem(
-                        path, "duration", f"{len(x)} samples at 16 kHz is shorter than one encoder frame", u))
-                    continue
-                waves.append(x)
-                ok.append(u)
-            t1 = time.perf_counter()
-            timings["audio_read"] += t1 - t0
-            # models that cannot be padded run one utterance at a time anyway: handle each utterance completely
-            # before the next, so only one utterance's hidden states are ever held in memory
-            subs = [list(range(len(waves)))] if encoder.can_pad else [[i] for i in range(len(waves))]
-            for sub in subs:
-                tf = time.perf_counter()
-                results = encoder.frames_batch([waves[i] for i in sub])
-                timings["forward"] += time.perf_counter() - tf
-                for i, fr in zip(sub, results, strict=True):
-                    _pool_and_write(w, encoder, ok[i], len(waves[i]), fr, sel, pooling, starts, ends,
-                                    rec_info[ok[i].recording_id][0], pending_stats, timings, dtype == "float16")
-                    done_s += len(waves[i]) / 16000
-                del results
+            waves, ok = read_batch(batch, rec_info, encoder, w, dims, mix, on_audio_error, pending_stats)
+            timings["audio_read"] += time.perf_counter() - t0
+            done_s += embed_batch(encoder, waves, ok, w, sel, pooling, starts, ends, rec_info, pending_stats,
+                                  timings, dtype == "float16")
             pending.extend(members(b))
             n_written += len(batch)
             if crash and crash[1] == "write" and n_written >= crash[0]:
@@ -207,34 +154,142 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
             bar.close()
         stats = _merge(w.batch_stats)
         problems = problems_frame(stats.pop("problems"))
-        prov: dict[str, Any] = {
-            **fields,
-            "encoder": encoder.provenance(),
-            "layers": sel,
-            "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint(), "n_phones": len(phones),
-                       "n_phones_unlabelled": int(phones["phone"].isna().sum()), "n_utterances": len(utts),
-                       "n_recordings_without_phones": int(len(corpus.recordings) - len(utts))},
-            "batch_size": batch_size,
-            "n_phones_clamped": stats["n_phones_clamped"],
-            "n_utterances_chunked": stats["n_chunked"],
-            "n_nan_rows": stats["n_nan_rows"],
-            "n_float16_overflow": stats["n_float16_overflow"],
-            "n_problems": len(problems),
-            "audio_seconds": round(stats["audio_seconds"], 3),
-            "resumed": resumed,
-            "n_utterances_reused": n_reused,
-            "last_run_seconds": round(time.perf_counter() - t_start, 3),
-            "last_run_timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "phonefair_version": _version(),
-        }
+        prov = store_provenance(fields, encoder, sel, corpus, len(utts), batch_size, stats, len(problems),
+                                resumed=resumed, n_reused=n_reused, seconds=time.perf_counter() - t_start,
+                                timings=timings)
         if stats["n_float16_overflow"]:
             warnings.warn(f"{stats['n_float16_overflow']} pooled values exceed the float16 range and are stored as "
                           f"inf; use dtype='float32' for this model", RuntimeWarning, stacklevel=2)
         return w.finalize(prov, problems)
 
 
-def _pool_and_write(w: StoreWriter, encoder: Encoder, u: Any, n_samples: int, fr: dict[str, np.ndarray],
+def prepare(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, layers: str | int | Sequence[str | int],
+            pooling: str, dtype: str, batch_size: int, device: str, mix: bool, on_audio_error: str,
+            revision: str | None) -> tuple[Encoder, list[str], str, dict[str, Any]]:
+    """Validate the arguments shared by every backend; ``(encoder, selected layers, key, key fields)``."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    if on_audio_error not in ("raise", "skip"):
+        raise ValueError(f"on_audio_error must be 'raise' or 'skip', got {on_audio_error!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(encoder, (str, os.PathLike)):
+        from phonefair.encoders.hf import load_encoder
+
+        encoder = load_encoder(encoder, revision=revision, layers=layers, device=device)
+        sel = list(encoder.layers)
+    else:
+        sel = parse_layers(layers, encoder.layers)
+    key, fields = extraction_key(corpus, encoder, sel, pooling, dtype, mix, on_audio_error)
+    return encoder, sel, key, fields
+
+
+def store_provenance(fields: dict[str, Any], encoder: Encoder, sel: Sequence[str], corpus: Corpus,
+                     n_utterances: int, batch_size: int, stats: dict[str, Any], n_problems: int, *, resumed: bool,
+                     n_reused: int, seconds: float, timings: dict[str, float]) -> dict[str, Any]:
+    """The provenance every backend writes (``stats`` merged over all commits, problems popped)."""
+    phones = corpus.phones
+    return {
+        **fields,
+        "encoder": encoder.provenance(),
+        "layers": list(sel),
+        "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint(), "n_phones": len(phones),
+                   "n_phones_unlabelled": int(phones["phone"].isna().sum()), "n_utterances": n_utterances,
+                   "n_recordings_without_phones": int(len(corpus.recordings) - n_utterances)},
+        "batch_size": batch_size,
+        "n_phones_clamped": stats["n_phones_clamped"],
+        "n_utterances_chunked": stats["n_chunked"],
+        "n_nan_rows": stats["n_nan_rows"],
+        "n_float16_overflow": stats["n_float16_overflow"],
+        "n_problems": n_problems,
+        "audio_seconds": round(stats["audio_seconds"], 3),
+        "resumed": resumed,
+        "n_utterances_reused": n_reused,
+        "last_run_seconds": round(seconds, 3),
+        "last_run_timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "phonefair_version": _version(),
+    }
+
+
+class RowSink(Protocol):
+    """Where pooled rows go: a :class:`StoreWriter`, or a collector (shards with a row offset, Ray workers)."""
+
+    def write_rows(self, layer: str, lo: int, values: np.ndarray) -> None: ...
+
+
+def rec_lookup(corpus: Corpus) -> dict[str, tuple[Path, int | None]]:
+    """``{recording_id: (absolute audio path, channel)}``: one lookup table instead of ``corpus.audio_path()`` per
+    utterance (a linear scan: quadratic on big corpora)."""
+    return {str(r): (Path(str(p)) if Path(str(p)).is_absolute() else Path(corpus.source) / str(p),
+                     None if pd.isna(c) else int(c))
+            for r, p, c in zip(corpus.recordings["recording_id"], corpus.recordings["audio_path"],
+                               corpus.recordings["channel"], strict=True)}
+
+
+def read_batch(batch: pd.DataFrame, rec_info: dict[str, tuple[Path, int | None]], encoder: Encoder, w: RowSink,
+               dims: dict[str, int], mix: bool, on_audio_error: str,
+               stats: dict[str, Any]) -> tuple[list[np.ndarray], list[Any]]:
+    """Read one batch's audio: ``(waves, utterance rows)`` of the readable ones; NaN rows + problems for the rest.
+
+    Shared by every backend (local, shards, Ray) so all of them treat bad audio identically."""
+    from phonefair.corpus.audio import read_audio
+
+    waves: list[np.ndarray] = []
+    ok: list[Any] = []
+    for u in batch.itertuples(index=False):
+        try:
+            if u.recording_id not in rec_info:
+                raise ValueError(f"recording_id {u.recording_id!r} of the phone table is not in the "
+                                 f"recordings table")
+            path, ch = rec_info[u.recording_id]
+            x = read_audio(path, target_sr=16000, channel=ch, mix=mix)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
+            if on_audio_error == "raise":
+                where = rec_info.get(u.recording_id, ("<no recording row>", None))[0]
+                raise _with_context(exc, f"recording {u.recording_id!r} ({where}): {exc}") from exc
+            _nan_rows(w, dims, u.row_lo, u.row_hi)
+            stats["n_nan_rows"] += int(u.row_hi - u.row_lo)
+            stats["problems"].append(_problem(rec_info.get(u.recording_id, ("", None))[0],
+                                              "audio_path", str(exc), u))
+            continue
+        if encoder.num_frames(len(x)) == 0:
+            _nan_rows(w, dims, u.row_lo, u.row_hi)
+            stats["n_nan_rows"] += int(u.row_hi - u.row_lo)
+            stats["problems"].append(_problem(
+                path, "duration", f"{len(x)} samples at 16 kHz is shorter than one encoder frame", u))
+            continue
+        waves.append(x)
+        ok.append(u)
+    return waves, ok
+
+
+def embed_batch(encoder: Encoder, waves: list[np.ndarray], ok: list[Any], w: RowSink, sel: Sequence[str],
+                pooling: str, starts: np.ndarray, ends: np.ndarray, rec_info: dict[str, tuple[Path, int | None]],
+                stats: dict[str, Any], timings: dict[str, float], fp16: bool) -> float:
+    """Forward + pool + write one batch of read utterances; returns the seconds of audio processed.
+
+    The batch is exactly the local one (``batch_size`` utterances), so every backend runs the same forward passes.
+    """
+    done_s = 0.0
+    # models that cannot be padded run one utterance at a time anyway: handle each utterance completely
+    # before the next, so only one utterance's hidden states are ever held in memory
+    subs = [list(range(len(waves)))] if encoder.can_pad else [[i] for i in range(len(waves))]
+    for sub in subs:
+        if not sub:
+            continue
+        tf = time.perf_counter()
+        results = encoder.frames_batch([waves[i] for i in sub])
+        timings["forward"] += time.perf_counter() - tf
+        for i, fr in zip(sub, results, strict=True):
+            _pool_and_write(w, encoder, ok[i], len(waves[i]), fr, sel, pooling, starts, ends,
+                            rec_info[ok[i].recording_id][0], stats, timings, fp16)
+            done_s += len(waves[i]) / 16000
+        del results
+    return done_s
+
+
+def _pool_and_write(w: RowSink, encoder: Encoder, u: Any, n_samples: int, fr: dict[str, np.ndarray],
                     sel: Sequence[str], pooling: str, starts: np.ndarray, ends: np.ndarray, path: Path,
                     stats: dict[str, Any], timings: dict[str, float], fp16: bool) -> None:
     """Pool one utterance's frames into its phone rows and write them."""
@@ -293,7 +348,7 @@ def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _nan_rows(w: StoreWriter, dims: dict[str, int], lo: int, hi: int) -> None:
+def _nan_rows(w: RowSink, dims: dict[str, int], lo: int, hi: int) -> None:
     for layer, d in dims.items():
         w.write_rows(layer, int(lo), np.full((int(hi) - int(lo), d), np.nan, dtype=np.float32))
 

@@ -178,7 +178,7 @@ def _fold(params: dict[str, torch.Tensor], kind: str, mean: torch.Tensor,
     w = params[wn]
     out = dict(params)
     out[wn] = w / scale[:, None, :, None]
-    out[bn] = params[bn] - torch.einsum("pd,pkdc->pkc", mean / scale, w)
+    out[bn] = params[bn] - (w * (mean / scale)[:, None, :, None]).sum(2)
     return out
 
 
@@ -278,8 +278,10 @@ class Preconditioner:
     c: float
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
-        utv = torch.einsum("dr,pkdc->pkrc", self.u, v)
-        return self.c * (v + torch.einsum("dr,pkrc->pkdc", self.u, (self.s - 1)[:, None] * utv))
+        P, K, D, C = v.shape
+        flat = v.permute(2, 0, 1, 3).reshape(D, P * K * C)  # one [D, P*K*C] matrix: two plain GEMMs
+        corr = self.u @ ((self.s - 1)[:, None] * (self.u.T @ flat))
+        return self.c * (v + corr.reshape(D, P, K, C).permute(1, 2, 0, 3))
 
 
 def preconditioner(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, gen: torch.Generator,
@@ -299,6 +301,23 @@ def preconditioner(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, ge
     return Preconditioner(u=u.to(x.dtype), s=(tail / top).sqrt().to(x.dtype), c=1.0 / math.sqrt(tail))
 
 
+def _linear_ce_t(w: torch.Tensor, b: torch.Tensor, xg: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                 mask: torch.Tensor, all_classes: bool) -> torch.Tensor:
+    """Weighted mean CE ``[P, K]`` of linear probes with class-major logits ``[P, K, C, m]``.
+
+    ``W^T x^T`` as one bmm gives the class axis before the rows, so log-softmax runs over a middle axis (fast on
+    CPU) with no transposed copies.
+    """
+    P, K, D, C = w.shape
+    lt = torch.bmm(w.permute(0, 1, 3, 2).reshape(P, K * C, D), xg.transpose(1, 2)).view(P, K, C, -1)
+    lt = lt + b[..., None]
+    if not all_classes:
+        lt = lt.masked_fill(~mask[:, None, :, None], float("-inf"))
+    logp = torch.log_softmax(lt, dim=2)
+    nll = -logp.gather(2, y[:, None, None, :].expand(-1, K, 1, -1)).squeeze(2)  # [P, K, m]
+    return (nll * weight[:, None, :]).sum(-1) / weight.sum(-1).clamp_min(1.0)[:, None]
+
+
 def _fit_adam(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
               l2: torch.Tensor, config: TrainerConfig, gen: torch.Generator) -> int:
     P, n = rows.shape
@@ -316,6 +335,9 @@ def _fit_adam(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: to
     optim = torch.optim.Adam(opt_params, lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=total, eta_min=config.lr / 100)
     mask = probes.class_mask
+    all_classes = bool(mask.all())
+    # one reused gather buffer: allocating a fresh [P, bs, D] block every step costs more than the gather itself
+    buf = torch.empty(P * bs, x.shape[1], dtype=x.dtype, device=x.device)
     # rows per probe are the same in every epoch; only their order is reshuffled (independently per probe)
     for _ in range(config.epochs):
         order = torch.argsort(torch.rand(P, n, generator=gen, device=x.device), dim=1)
@@ -327,9 +349,15 @@ def _fit_adam(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: to
                 params = {"W": pm.apply(v), "b": probes.params["b"]}
             # standardisation folded into the weights: the gathered rows are used as they are
             folded = _fold(params, probes.kind, probes.mean, probes.scale)
-            logits = _forward(probes.kind, folded, x[r_ep[:, sl]]).masked_fill(~mask[:, None, None, :],
-                                                                              float("-inf"))
-            loss = _weighted_ce(logits, y_ep[:, sl], w_ep[:, sl]).sum() + _penalty(probes.kind, params, l2)
+            idx = r_ep[:, sl]
+            m = idx.shape[1]
+            xg = torch.index_select(x, 0, idx.reshape(-1), out=buf[:P * m]).view(P, m, -1)
+            if probes.kind == "linear":
+                data = _linear_ce_t(folded["W"], folded["b"], xg, y_ep[:, sl], w_ep[:, sl], mask, all_classes)
+            else:
+                logits = _forward(probes.kind, folded, xg).masked_fill(~mask[:, None, None, :], float("-inf"))
+                data = _weighted_ce(logits, y_ep[:, sl], w_ep[:, sl])
+            loss = data.sum() + _penalty(probes.kind, params, l2)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
