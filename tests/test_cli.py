@@ -236,9 +236,14 @@ def test_cli_run_exit_codes(fake_stages: dict[str, Any], fast_report: None,
                             config_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     fake_stages["valid"] = False
-    assert main(["--quiet", "run", str(config_path)]) == 3
+    strict = config_path.with_name("strict.toml")
+    strict.write_text(config_path.read_text().replace("[corpus]\n", "[corpus]\nstrict = true\n", 1))
+    assert main(["--quiet", "run", str(strict)]) == 3
     err = capsys.readouterr().err
     assert "corpus failed validation" in err and "file x line 2" in err
+    # not strict: the problems are reported and the run goes on
+    assert main(["run", str(config_path), "--out", str(config_path.parent / "lenient")]) == 0
+    assert "problem(s) of severity 'error'" in capsys.readouterr().err
     fake_stages["valid"] = True
     fake_stages["fail_analyze"] = True
     assert main(["--quiet", "run", str(config_path)]) == 1

@@ -14,6 +14,11 @@ from pathlib import Path
 
 EXIT_OK, EXIT_RUN, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
 
+_EXTRACT_EPILOG = """
+  phonefair extract my.toml --backend ray --num-workers 4        # Ray Data actors (pip install 'phonefair[ray]')
+  phonefair extract my.toml --shard 3 --num-shards 8             # one SLURM array task; then: phonefair merge
+"""
+
 _EPILOG = """\
 examples:
   phonefair demo --out demo-out          # synthetic corpus + tiny random encoder, a few minutes on a CPU
@@ -86,13 +91,39 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("analyze", "analyze", "Run the random-vs-systematic typology (reuses "
                                                          "probes when cached)."),
                                   ("report", "report", "Render report.html from the cached results.")]:
-        c = cmd(name, helptext, f"example:\n  phonefair {name} my.toml")
+        c = cmd(name, helptext, f"example:\n  phonefair {name} my.toml" + (_EXTRACT_EPILOG if name == "extract" else ""))
         c.add_argument("config", type=Path, help="TOML run configuration")
         c.add_argument("--out", type=Path, help="override [output] dir")
+        if name == "extract":
+            c.add_argument("--backend", choices=("local", "ray"), help="override [extraction] backend")
+            c.add_argument("--num-workers", type=int, help="Ray: number of encoder actors")
+            c.add_argument("--shard", type=int, help="static sharding: this shard's index (0-based)")
+            c.add_argument("--num-shards", type=int, help="static sharding: number of shards")
         c.set_defaults(stages={"extract": ["corpus", "groups", "extract"],
                                "probe": ["corpus", "groups", "probe"],
                                "analyze": ["corpus", "groups", "probe", "analyze"],
                                "report": ["corpus", "groups", "report"]}[stage])
+
+    m = cmd("merge", "Assemble and verify the stores written by 'extract --shard i --num-shards N'.",
+            "example:\n  phonefair merge my.toml --num-shards 8")
+    m.add_argument("config", type=Path, help="TOML run configuration")
+    m.add_argument("--num-shards", type=int, required=True, help="number of shards that were extracted")
+    m.add_argument("--out", type=Path, help="override [output] dir")
+
+    f = cmd("finetune", "Fairness fine-tuning ([finetune] section): CTC, adversarial and domain-enhancing "
+                        "variants, phone error rate per group.",
+            "example:\n  phonefair finetune my.toml\nthen list <dir>/<variant>/model under [[encoders]] and run "
+            "'phonefair compare'.")
+    f.add_argument("config", type=Path, help="TOML run configuration with a [finetune] section")
+    f.add_argument("--out", type=Path, help="override [output] dir")
+
+    k = cmd("compare", "Before/after audit of two [[encoders]] (e.g. original vs fine-tuned): change in accuracy, "
+                       "gap, in-group benefit and variance with paired CIs.",
+            "example:\n  phonefair compare my.toml --before wav2vec2-base --after wav2vec2-base-adversarial")
+    k.add_argument("config", type=Path, help="TOML run configuration listing both encoders")
+    k.add_argument("--before", required=True, help="encoder name of the original model")
+    k.add_argument("--after", required=True, help="encoder name of the fine-tuned model")
+    k.add_argument("--out", type=Path, help="override [output] dir")
 
     i = cmd("init", "Print a preset configuration to edit.", "example:\n  phonefair init --preset timit > my.toml")
     i.add_argument("--preset", default="demo", help="preset name (default: %(default)s; see --list)")
@@ -126,14 +157,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_summary(res)
         return EXIT_OK
     if args.command == "synth":
-        from phonefair.pipeline import _call, _import
+        from phonefair.synth.corpus import build_synthetic_corpus
 
-        build = _import("phonefair.synth.corpus", "build_synthetic_corpus", "synth")
         kw: dict[str, object] = dict(speakers_per_group=args.speakers_per_group,
-                                     sentences_per_speaker=args.sentences_per_speaker, seed=args.seed)
+                                     sentences_per_speaker=args.sentences_per_speaker, seed=args.seed,
+                                     progress=progress)
         if args.accents:
             kw["accents"] = [a.strip() for a in args.accents.split(",") if a.strip()]
-        corpus = _call(build, args.out, **kw)
+        corpus = build_synthetic_corpus(args.out, **kw)  # type: ignore[arg-type]
         print(repr(corpus))
         return EXIT_OK
     if args.command == "validate":
@@ -141,6 +172,37 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = C.load_config(args.config)
     if getattr(args, "out", None) is not None:
         cfg = cfg.replace_output(args.out)
+    if args.command == "merge":
+        stores = P.merge_shards(cfg, num_shards=args.num_shards, progress=progress)
+        for name, store in stores.items():
+            print(f"{name}: {store}")
+        return EXIT_OK
+    if args.command == "finetune":
+        results, per = P.finetune(cfg, progress=progress)
+        print(per.to_string(index=False))
+        for name, r in results.items():
+            print(f"{name}: {r.model_dir}")
+        return EXIT_OK
+    if args.command == "compare":
+        comp = P.compare(cfg, before=args.before, after=args.after, progress=progress)
+        _print_summary(comp.run)
+        print(f"comparison: {comp.report_path}")
+        return EXIT_OK
+    if args.command == "extract":
+        if (args.shard is None) != (args.num_shards is None):
+            raise _UsageError("--shard and --num-shards go together")
+        if args.shard is not None:
+            if not 0 <= args.shard < args.num_shards:
+                raise _UsageError(f"--shard must be in [0, {args.num_shards}), got {args.shard}")
+            for path in P.extract_shard(cfg, shard=args.shard, num_shards=args.num_shards, progress=progress):
+                print(f"shard written: {path}")
+            return EXIT_OK
+        if args.backend or args.num_workers:
+            from dataclasses import replace
+
+            x = cfg.extraction
+            cfg = replace(cfg, extraction=replace(x, backend=args.backend or x.backend,
+                                                  num_workers=args.num_workers or x.num_workers))
     if args.command == "run":
         stages = None if not args.stages else [s.strip() for s in args.stages.split(",") if s.strip()]
     else:

@@ -30,7 +30,8 @@ __all__ = [
 CORPUS_KINDS = ("timit", "l2arctic", "buckeye", "textgrid", "lhotse", "saved", "synthetic")
 POPULATIONS = ("pooled", "group", "leave_out")
 PROBE_TYPES = ("linear", "mlp")
-POOLINGS = ("mean", "center", "median", "max")
+POOLINGS = ("mean", "center", "middle_third")  # = phonefair.extraction.frames.POOLINGS (checked in tests)
+BACKENDS = ("local", "ray")
 DTYPES = ("float16", "float32")
 SPACES = ("raw", "lda")
 
@@ -47,6 +48,9 @@ class CorpusConfig:
     kind: str
     root: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # passed to the loader unchanged
+    # validation errors (items the loader had to exclude) stop the run when strict; otherwise they are reported
+    # (terminal, tables/problems.csv, the report) and the run goes on with what is usable
+    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,29 @@ class EncoderConfig:
     dtype: str = "float16"
     device: str = "auto"
     batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """``[extraction]``: where the forward passes run (docs/scaleout.md). Every backend writes the same store."""
+
+    backend: str = "local"  # "local" (one process) or "ray" (Ray Data actors; pip install 'phonefair[ray]')
+    num_workers: int = 1  # Ray: encoder actors
+    num_gpus_per_worker: float = 0.0  # Ray: GPUs per actor (0 on CPU clusters)
+    ray_address: str | None = None  # Ray: cluster address (None: start or join a local runtime)
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    """``[finetune]``: fairness fine-tuning (docs/finetune.md); ``phonefair finetune CONFIG`` runs it.
+
+    ``options`` are :class:`phonefair.finetune.FinetuneConfig` fields (steps, lr, adv_weight, ...), checked here.
+    """
+
+    model: str
+    variants: tuple[str, ...] = ("ctc", "adversarial", "domain")
+    dir: str | None = None  # default: <[output] dir>/finetune
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,8 @@ class RunConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunSettings = field(default_factory=RunSettings)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    finetune: FinetuneSection | None = None
     source: str = "<dict>"  # the file it came from (not part of the settings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -323,7 +352,8 @@ def _resolve(path: str, base: Path | None) -> str:
     return str(p.resolve()) if base is not None or p.is_absolute() else str(p)
 
 
-_SECTIONS = ("corpus", "groups", "split", "encoders", "probes", "analysis", "output", "run")
+_SECTIONS = ("corpus", "groups", "split", "encoders", "extraction", "probes", "analysis", "output", "run",
+             "finetune")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -352,7 +382,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
             raise ConfigError(f"{source}: [{sec}]: required section is missing")
 
     c = _read_section(ctx, "[corpus]", data["corpus"],
-                      {"kind": _str(CORPUS_KINDS), "root": _str(), "options": _table}, required=("kind",))
+                      {"kind": _str(CORPUS_KINDS), "root": _str(), "options": _table, "strict": _bool},
+                      required=("kind",))
     if c["kind"] != "synthetic" and "root" not in c:
         raise ctx.fail("[corpus] root", f"required for kind {c['kind']!r} (the corpus folder)")
     if "root" in c:
@@ -415,8 +446,38 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
     output = OutputConfig(dir=_resolve(o.get("dir", OutputConfig.dir), base))
 
     run = RunSettings(**_read_section(ctx, "[run]", data.get("run", {}), {"seed": _int(0)}))
+    extraction = ExtractionConfig(**_read_section(
+        ctx, "[extraction]", data.get("extraction", {}),
+        {"backend": _str(BACKENDS), "num_workers": _int(1), "num_gpus_per_worker": _float(0.0, 64.0,
+                                                                                          open_ends=False),
+         "ray_address": _str()}))
+    finetune = _finetune_section(ctx, data["finetune"], base) if data.get("finetune") is not None else None
     return RunConfig(corpus=corpus, groups=groups, encoders=tuple(encoders), split=split, probes=probes,
-                     analysis=analysis, output=output, run=run, source=source)
+                     analysis=analysis, output=output, run=run, extraction=extraction, finetune=finetune,
+                     source=source)
+
+
+def _finetune_section(ctx: _Ctx, raw: Any, base: Path | None) -> FinetuneSection:
+    if not isinstance(raw, dict):
+        raise ctx.fail("[finetune]", f"expected a table, got {_show(raw)}")
+    own = {k: raw[k] for k in ("model", "variants", "dir") if k in raw and raw[k] is not None}
+    f = _read_section(ctx, "[finetune]", own, {"model": _str(), "variants": _list(_str(), "objective names"),
+                                               "dir": _str()}, required=("model",))
+    options = {k: v for k, v in raw.items() if k not in ("model", "variants", "dir")}
+    if "options" in options and isinstance(options["options"], dict):  # round trip of to_dict()
+        options = {**options.pop("options"), **options}
+    from phonefair.finetune import FinetuneConfig  # validates option names and values
+
+    try:
+        FinetuneConfig.from_dict(dict(options))
+    except (TypeError, ValueError) as exc:
+        raise ctx.fail("[finetune]", str(exc)) from None
+    model = f["model"]
+    if model.startswith((".", "/", "~")) or (base is not None and (base / model).is_dir()):
+        f["model"] = _resolve(model, base)
+    if "dir" in f:
+        f["dir"] = _resolve(f["dir"], base)
+    return FinetuneSection(options=options, **f)
 
 
 def load_config(path: str | Path) -> RunConfig:

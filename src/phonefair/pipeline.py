@@ -14,7 +14,6 @@ Outputs (``out_dir``): ``corpus/`` (the saved Corpus), ``cache/<stage>/<key>/``,
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import pickle
@@ -34,7 +33,8 @@ import pandas as pd
 from phonefair.config import ConfigError, RunConfig, load_config, load_preset
 from phonefair.corpus.schema import Corpus, CorpusError
 
-__all__ = ["STAGES", "RunResult", "RunError", "DataError", "run", "demo", "headline_lines"]
+__all__ = ["STAGES", "Comparison", "RunResult", "RunError", "DataError", "compare", "demo", "extract_shard",
+           "finetune", "headline_lines", "merge_shards", "run"]
 
 STAGES: tuple[str, ...] = ("corpus", "groups", "extract", "probe", "analyze", "report")
 MARKER = "COMPLETE.json"
@@ -114,25 +114,6 @@ def _write_table(df: pd.DataFrame, path_stem: Path) -> None:
         os.replace(tmp, final)
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a stage function with the keyword arguments it accepts (stage APIs evolve independently)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
-
-
-def _import(module: str, name: str, stage: str) -> Callable[..., Any]:
-    try:
-        return getattr(import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise RunError(f"stage {stage!r} needs {module}.{name}, which is not available ({exc}); "
-                       f"run fewer stages (e.g. --stages corpus,groups) or update phonefair") from None
-
-
 class _Log:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -204,12 +185,15 @@ class StageCache:
 def load_corpus_stage(cfg: RunConfig, out_dir: Path) -> Corpus:
     """Load the corpus named by ``[corpus]`` (``kind = "synthetic"`` builds one under ``out_dir/synth``)."""
     if cfg.corpus.kind == "synthetic":
-        build = _import("phonefair.synth.corpus", "build_synthetic_corpus", "corpus")
-        return _call(build, out_dir / "synth", **{"seed": cfg.run.seed, **dict(cfg.corpus.options)})
-    load = _import("phonefair.corpus", "load_corpus", "corpus")
-    if cfg.corpus.kind == "saved":
-        return load("saved", cfg.corpus.root, **dict(cfg.corpus.options))
-    return load(cfg.corpus.kind, cfg.corpus.root, **dict(cfg.corpus.options))
+        from phonefair.synth.corpus import build_synthetic_corpus
+
+        options = {"seed": cfg.run.seed, **dict(cfg.corpus.options)}
+        # rebuilt whenever the corpus stage's key changes (a few seconds); overwrite: settings may have changed
+        return build_synthetic_corpus(out_dir / "synth", overwrite=True, **options)
+    from phonefair.corpus import load_corpus
+
+    assert cfg.corpus.root is not None  # checked by the config
+    return load_corpus(cfg.corpus.kind, cfg.corpus.root, **dict(cfg.corpus.options))
 
 
 _FROM_CONFIG: Any = object()
@@ -218,16 +202,13 @@ _FROM_CONFIG: Any = object()
 def validate_stage(corpus: Corpus, cfg: RunConfig, *, group_by: Any = _FROM_CONFIG
                    ) -> tuple[pd.DataFrame, dict[str, Any], bool, str]:
     """``validate_corpus`` → (problems table, summary, ok, text); ``group_by`` defaults to ``[groups]``."""
-    try:
-        validate = import_module("phonefair.corpus.validate").validate_corpus
-    except (ImportError, AttributeError):
-        return corpus.problems, {"validated": False, "note": "phonefair.corpus.validate not available"}, True, ""
+    from phonefair.corpus.validate import validate_corpus
+
     cols = cfg.groups.columns
     if group_by is _FROM_CONFIG:
-        group_by = cols[0] if len(cols) == 1 else list(cols)
-    rep = _call(validate, corpus, group_by=group_by,
-                min_speakers_per_group=cfg.groups.min_speakers)
-    return rep.problems, dict(getattr(rep, "summary", {}) or {}), bool(rep.ok), rep.to_text()
+        group_by = cols[0] if len(cols) == 1 else None
+    rep = validate_corpus(corpus, group_by=group_by, min_speakers_per_group=cfg.groups.min_speakers)
+    return rep.problems, dict(rep.summary), bool(rep.ok), rep.to_text()
 
 
 def groups_stage(corpus: Corpus, cfg: RunConfig) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame, pd.Series]:
@@ -252,30 +233,36 @@ def groups_stage(corpus: Corpus, cfg: RunConfig) -> tuple[pd.Series, pd.DataFram
 
 
 def model_stage(enc: Any, cfg: RunConfig, out_dir: Path) -> Any:
-    """Resolve an ``[[encoders]]`` entry to what ``extract`` accepts (``tiny:<family>`` is built on the fly)."""
-    model: Any = enc.model
+    """Resolve an ``[[encoders]]`` entry to an :class:`~phonefair.encoders.Encoder` (``tiny:<family>`` is built
+    under ``out_dir/models``; weights load lazily, so a cached store never loads the model)."""
+    from phonefair.encoders import load_encoder
+    from phonefair.encoders.tiny import save_tiny_model
+
+    model: str = enc.model
     if model.startswith("tiny:"):
         family = model.split(":", 1)[1]
         d = out_dir / "models" / f"tiny-{family}"
         if not (d / "config.json").is_file():
-            save = _import("phonefair.encoders.tiny", "save_tiny_model", "extract")
-            save(family, d, seed=cfg.run.seed)
+            save_tiny_model(family, d, seed=cfg.run.seed)
         model = str(d)
-    try:
-        load = import_module("phonefair.encoders").load_encoder
-    except (ImportError, AttributeError):
-        return model  # extract() accepts an id / directory itself
-    return _call(load, model, revision=enc.revision, device=enc.device, batch_size=enc.batch_size)
+    return load_encoder(model, revision=enc.revision, device=_device(enc.device), layers=enc.layers)
 
 
 def extract_stage(corpus: Corpus, enc: Any, cfg: RunConfig, out_dir: Path, progress: bool) -> Any:
-    """``phonefair.extraction.extract`` for one encoder → an EmbeddingSource (store under ``out_dir/stores``)."""
-    extract = _import("phonefair.extraction", "extract", "extract")
-    model = model_stage(enc, cfg, out_dir)
-    layers = enc.layers if isinstance(enc.layers, str) else list(enc.layers)
-    return _call(extract, corpus, model, store_root=out_dir / "stores", layers=layers, pooling=enc.pooling,
-                 dtype=enc.dtype, progress=progress, batch_size=enc.batch_size, device=_device(enc.device),
-                 revision=enc.revision)
+    """Extract one encoder's phone embeddings (store under ``out_dir/stores``), locally or on Ray
+    (``[extraction] backend``); both give the same content-addressed store."""
+    encoder = model_stage(enc, cfg, out_dir)
+    kw = dict(store_root=out_dir / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
+              progress=progress, batch_size=enc.batch_size)
+    x = cfg.extraction
+    if x.backend == "ray":
+        from phonefair.extraction.ray_backend import extract_ray
+
+        return extract_ray(corpus, encoder, num_workers=x.num_workers, num_gpus_per_worker=x.num_gpus_per_worker,
+                           device=_device(enc.device), ray_address=x.ray_address, **kw)
+    from phonefair.extraction import extract
+
+    return extract(corpus, encoder, **kw)
 
 
 def _device(name: str) -> str:
@@ -292,22 +279,24 @@ def _device(name: str) -> str:
 
 def probe_stage(source: Any, groups: pd.Series, cfg: RunConfig) -> Any:
     """``phonefair.probes.fit_probes`` → ProbeResults (``.tables()``)."""
-    fit = _import("phonefair.probes", "fit_probes", "probe")
+    from phonefair.probes import fit_probes
+
     p = cfg.probes
-    return _call(fit, source, groups, layers=None if p.layers == "all" else list(p.layers),
-                 populations=tuple(p.populations), seeds=tuple(p.seeds), probe=p.type, n_boot=p.n_boot,
-                 level=p.level, seed=cfg.run.seed, fdr_alpha=cfg.analysis.fdr_alpha,
-                 test_fraction=cfg.split.test_fraction, device=_device(cfg.encoders[0].device))
+    return fit_probes(source, groups, layers=None if p.layers == "all" else list(p.layers),
+                      populations=tuple(p.populations), seeds=tuple(p.seeds), probe=p.type, n_boot=p.n_boot,
+                      level=p.level, seed=cfg.run.seed, fdr_alpha=cfg.analysis.fdr_alpha,
+                      device=_device(cfg.encoders[0].device))
 
 
 def analyze_stage(source: Any, groups: pd.Series, cfg: RunConfig, probe_results: Any) -> Any:
     """``phonefair.analysis.analyze`` → TypologyResults (``.tables()``)."""
-    analyze = _import("phonefair.analysis", "analyze", "analyze")
+    from phonefair.analysis import analyze
+
     a = cfg.analysis
-    return _call(analyze, source, groups, reference=a.reference or cfg.groups.reference,
-                 probe_results=probe_results, layers=None if cfg.probes.layers == "all" else list(cfg.probes.layers),
-                 n_perm=a.n_perm, n_boot=a.n_boot, seed=cfg.run.seed, spaces=tuple(a.spaces),
-                 fdr_alpha=a.fdr_alpha, level=cfg.probes.level)
+    return analyze(source, groups, reference=a.reference or cfg.groups.reference, probe_results=probe_results,
+                   layers=None if cfg.probes.layers == "all" else list(cfg.probes.layers), n_perm=a.n_perm,
+                   n_boot=a.n_boot, seed=cfg.run.seed, spaces=tuple(a.spaces), fdr_alpha=a.fdr_alpha,
+                   level=cfg.probes.level, min_speakers=cfg.groups.min_speakers)
 
 
 def _tables_of(result: Any) -> dict[str, pd.DataFrame]:
@@ -400,23 +389,21 @@ def _as_config(config: RunConfig | str | Path) -> RunConfig:
     return load_config(config)
 
 
-def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, progress: bool = True,
-        title: str | None = None, banner: str | None = None) -> RunResult:
-    """Run the pipeline for ``config`` (a :class:`RunConfig` or a TOML path).
+@dataclass
+class _Prepared:
+    corpus: Corpus
+    corpus_split: Corpus  # the phone table's split column holds the run's speaker split
+    groups: pd.Series
+    split: pd.Series  # speaker -> "train" / "test"
+    fingerprint: str
+    tables: dict[str, pd.DataFrame]
+    keys: dict[str, Any]
+    validation: dict[str, Any]
+    ran: list[str]
 
-    ``stages``: the stages to run (default: all of :data:`STAGES`). ``corpus`` and ``groups`` always run (or load
-    from cache) because everything depends on them; ``extract`` runs when named or when a named ``probe`` /
-    ``analyze`` has to recompute; stages not named are not computed, but their cached outputs (same key) are
-    included in the tables and the report. Cached stages are skipped.
-    """
-    cfg = _as_config(config)
-    wanted = set(STAGES if stages is None else stages)
-    if unknown := wanted - set(STAGES):
-        raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
-    out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(progress)
-    cache = StageCache(out)
+
+def _prepare(cfg: RunConfig, out: Path, log: _Log, cache: StageCache) -> _Prepared:
+    """The corpus and groups stages (cached): what every later stage, fine-tuning included, starts from."""
     ran: list[str] = []
     tables: dict[str, pd.DataFrame] = {}
     keys: dict[str, Any] = {}
@@ -435,8 +422,14 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
             cmark.unlink()
         corpus = load_corpus_stage(cfg, out)
         problems, vsummary, ok, text = validate_stage(corpus, cfg)
-        if not ok:
-            raise DataError(f"corpus failed validation:\n{text}")
+        if corpus.phones.empty:
+            raise DataError(f"corpus has no phone tokens:\n{text}")
+        if not ok and cfg.corpus.strict:
+            raise DataError(f"corpus failed validation ([corpus] strict = true):\n{text}")
+        if not ok:  # reported skips (unknown labels, unreadable files): the run goes on, the report lists them
+            n_err = int((problems["severity"] == "error").sum())
+            log(f"corpus: {n_err} problem(s) of severity 'error' (items excluded); see tables/problems.csv "
+                f"or run 'phonefair validate'")
         corpus = corpus.with_tables(problems=problems) if problems is not corpus.problems else corpus
         corpus.save(cdir)
         val = {"summary": vsummary, "text": text}
@@ -468,6 +461,32 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
     from phonefair.groups import apply_split
     corpus_split = apply_split(corpus, split) if not split.isna().all() else corpus
 
+    return _Prepared(corpus=corpus, corpus_split=corpus_split, groups=groups, split=split, fingerprint=fingerprint,
+                     tables=tables, keys=keys, validation=val, ran=ran)
+
+
+def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, progress: bool = True,
+        title: str | None = None, banner: str | None = None) -> RunResult:
+    """Run the pipeline for ``config`` (a :class:`RunConfig` or a TOML path).
+
+    ``stages``: the stages to run (default: all of :data:`STAGES`). ``corpus`` and ``groups`` always run (or load
+    from cache) because everything depends on them; ``extract`` runs when named or when a named ``probe`` /
+    ``analyze`` has to recompute; stages not named are not computed, but their cached outputs (same key) are
+    included in the tables and the report. Cached stages are skipped.
+    """
+    cfg = _as_config(config)
+    wanted = set(STAGES if stages is None else stages)
+    if unknown := wanted - set(STAGES):
+        raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(progress)
+    cache = StageCache(out)
+    prep = _prepare(cfg, out, log, cache)
+    corpus, groups = prep.corpus, prep.groups
+    ran, tables, keys, val = prep.ran, prep.tables, prep.keys, prep.validation
+    fingerprint, groups_key = prep.fingerprint, keys["groups"]
+
     # -- per encoder: extract → probe → analyze
     per_enc: dict[str, dict[str, pd.DataFrame]] = {}
     revisions: dict[str, Any] = {}
@@ -481,7 +500,11 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
         def source(enc: Any = enc, ek: str = ek, box: list[Any] = source_box) -> Any:
             if not box:
                 log(f"extract [{enc.name}]: {enc.model}")
-                src = extract_stage(corpus_split, enc, cfg, out, progress)
+                # the store is keyed by the corpus content, not the split, so it is reused across split
+                # settings; the run's split is put on its tokens here, in memory
+                src = extract_stage(corpus, enc, cfg, out, progress)
+                src.tokens = src.tokens.assign(
+                    split=src.tokens["speaker"].astype(str).map(prep.split).astype("string"))
                 box.append(src)
                 if not cache.complete("extract", ek):
                     prov = dict(getattr(src, "provenance", {}) or {})
@@ -573,6 +596,119 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
         ran.append("report")
     log(f"done: {out}")
     return RunResult(tables=tables, summary=summary, report_path=report_path, out_dir=out, stages_run=ran)
+
+
+def _setup(config: RunConfig | str | Path, progress: bool) -> tuple[RunConfig, Path, _Log, _Prepared]:
+    cfg = _as_config(config)
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(progress)
+    return cfg, out, log, _prepare(cfg, out, log, StageCache(out))
+
+
+def _extraction_kwargs(enc: Any, out: Path) -> dict[str, Any]:
+    return dict(store_root=out / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
+                batch_size=enc.batch_size)
+
+
+def extract_shard(config: RunConfig | str | Path, *, shard: int, num_shards: int, progress: bool = True
+                  ) -> list[Path]:
+    """Static sharding (SLURM arrays, torchrun): extract shard ``shard`` of ``num_shards`` for every encoder.
+
+    Idempotent: a finished shard is skipped, an interrupted one resumes. :func:`merge_shards` assembles the stores
+    (docs/scaleout.md); ``run`` then reuses them like any extracted store.
+    """
+    from phonefair.extraction.shards import extract_shard as _extract_shard
+
+    cfg, out, log, prep = _setup(config, progress)
+    paths = []
+    for enc in cfg.encoders:
+        log(f"extract [{enc.name}]: shard {shard} of {num_shards}")
+        paths.append(_extract_shard(prep.corpus, model_stage(enc, cfg, out), shard=shard, num_shards=num_shards,
+                                    progress=progress, **_extraction_kwargs(enc, out)))
+    return paths
+
+
+def merge_shards(config: RunConfig | str | Path, *, num_shards: int, progress: bool = True) -> dict[str, Any]:
+    """Assemble and verify every encoder's store from its ``num_shards`` shards (row coverage, checksums)."""
+    from phonefair.extraction.shards import merge_shards as _merge
+
+    cfg, out, log, prep = _setup(config, progress)
+    stores = {}
+    for enc in cfg.encoders:
+        log(f"merge [{enc.name}]: {num_shards} shards")
+        stores[enc.name] = _merge(prep.corpus, model_stage(enc, cfg, out), num_shards=num_shards,
+                                  **_extraction_kwargs(enc, out))
+    return stores
+
+
+def finetune(config: RunConfig | str | Path, *, progress: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Fairness fine-tuning from the ``[finetune]`` section: one run per objective variant on the training
+    speakers of the run's split, phone error rate per group on its test speakers (docs/finetune.md).
+
+    Writes ``<dir>/<variant>/model`` (a standard transformers directory to list under ``[[encoders]]``) and
+    ``tables/finetune_per.{parquet,csv}``.
+    """
+    from phonefair.finetune import finetune_variants
+
+    cfg, out, log, prep = _setup(config, progress)
+    ft = cfg.finetune
+    if ft is None:
+        raise ConfigError(f"{cfg.source}: [finetune]: section missing (model, variants, steps, ...)")
+    model = ft.model
+    if model.startswith("tiny:"):
+        from phonefair.encoders.tiny import save_tiny_model
+
+        d = out / "models" / f"tiny-{model.split(':', 1)[1]}"
+        if not (d / "config.json").is_file():
+            save_tiny_model(model.split(":", 1)[1], d, seed=cfg.run.seed)
+        model = str(d)
+    ft_dir = Path(ft.dir) if ft.dir else out / "finetune"
+    log(f"finetune: {', '.join(ft.variants)} on {model} -> {ft_dir}")
+    options = {"seed": cfg.run.seed, "device": _device(cfg.encoders[0].device), **dict(ft.options)}
+    results, per = finetune_variants(prep.corpus_split, prep.groups, model, ft_dir, variants=list(ft.variants),
+                                     progress=progress, **options)
+    per.attrs["provenance"] = {"finetune": cfg.to_dict().get("finetune"), "model": model}
+    _write_table(per, out / "tables" / "finetune_per")
+    return results, per
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` produced: change tables (after − before, paired where possible) and the report."""
+
+    tables: dict[str, pd.DataFrame]
+    report_path: Path
+    run: RunResult
+
+
+def compare(config: RunConfig | str | Path, *, before: str, after: str, progress: bool = True) -> Comparison:
+    """Audit two encoders of the config (e.g. the original and its fine-tuned copy) on the same speakers and
+    layers, and report the change in per-group accuracy, gap, in-group benefit and variance with paired,
+    speaker-clustered CIs (``out/comparison.html``, ``tables/change_*``)."""
+    from phonefair.finetune import compare_audits, write_comparison_report
+
+    cfg = _as_config(config)
+    names = [e.name for e in cfg.encoders]
+    for side, name in (("before", before), ("after", after)):
+        if name not in names:
+            raise ConfigError(f"{cfg.source}: --{side} {name!r} is not an [[encoders]] name; names: {names}")
+    result = run(cfg, progress=progress)
+
+    def side(name: str) -> dict[str, pd.DataFrame]:
+        return {k: df[df["encoder"] == name].drop(columns="encoder").reset_index(drop=True)
+                for k, df in result.tables.items() if "encoder" in df.columns}
+
+    changes = compare_audits(side(before), side(after), n_boot=cfg.probes.n_boot, seed=cfg.run.seed,
+                             level=cfg.probes.level)
+    out = Path(cfg.output.dir)
+    for k, df in changes.items():
+        _write_table(df, out / "tables" / k)
+    per_path = out / "tables" / "finetune_per.parquet"
+    per = pd.read_parquet(per_path) if per_path.is_file() else None
+    path = write_comparison_report(changes, out / "comparison.html", before_name=before, after_name=after,
+                                   per_group_per=per)
+    return Comparison(tables=dict(changes), report_path=path, run=result)
 
 
 def demo(out_dir: str | Path, *, quick: bool = False, progress: bool = True) -> RunResult:
