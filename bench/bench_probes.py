@@ -97,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if a.quick:
         a.train_tokens, a.dim, a.layers, a.repeats, a.sk_fits = 60, 64, 2, 1, 2
     torch.set_num_threads(a.threads)
+    import sklearn.linear_model  # noqa: F401  (load its BLAS/OpenMP first: threadpoolctl limits loaded libraries)
     from threadpoolctl import threadpool_limits
-    threadpool_limits(a.threads)  # sklearn's BLAS gets the same number of threads as torch
+    threadpool_limits(a.threads)  # sklearn's BLAS and OpenMP get the same number of threads as torch
     dev = resolve_device(a.device)
     src = LazySimSource(train_tokens=a.train_tokens, dim=a.dim, n_layers=a.layers,
                         test_tokens=max(20, a.train_tokens // 4))

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from phonefair.probes import fit_probes
+from phonefair.probes.results import _delta_pvalue
+from phonefair.stats import bootstrap_pvalue
 from phonefair.synth.simulate import PRESETS, simulate
 
 FAST = {"n_boot": 200, "progress": False, "l2_grid": (1e-2,), "populations": ("pooled", "group")}
@@ -75,3 +77,11 @@ def test_speaker_clustered_ci_wider_than_token_bootstrap():
         assert row.estimate == pytest.approx(ok.mean())
         ratios.append((row.ci_high - row.ci_low) / (hi - lo))
     assert min(ratios) > 1.2, ratios
+
+
+def test_delta_pvalue_not_capped_by_bootstrap_size():
+    rng = np.random.default_rng(0)
+    far = rng.normal(1.0, 0.1, 200)  # no replicate near 0: bootstrap p would be stuck at 2/201
+    assert _delta_pvalue(far) < 1e-6 < 2 / 201
+    near = rng.normal(0.1, 0.1, 200)  # crosses 0: the ordinary bootstrap p-value
+    assert _delta_pvalue(near) == pytest.approx(float(bootstrap_pvalue(near)))

@@ -141,11 +141,23 @@ def _print_summary(result: object) -> None:
     print(f"outputs: {result.out_dir}" + (f"  report: {rp}" if rp else ""))  # type: ignore[attr-defined]
 
 
+def _quiet_libraries() -> None:
+    """phonefair draws its own progress bars; transformers' per-load bars would only interleave with them."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from phonefair import config as C
     from phonefair import pipeline as P
 
     progress = not args.quiet
+    _quiet_libraries()
     if args.command == "init":
         if args.list:
             print("\n".join(C.list_presets()))

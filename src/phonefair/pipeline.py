@@ -665,9 +665,10 @@ def finetune(config: RunConfig | str | Path, *, progress: bool = True) -> tuple[
         model = str(d)
     ft_dir = Path(ft.dir) if ft.dir else out / "finetune"
     log(f"finetune: {', '.join(ft.variants)} on {model} -> {ft_dir}")
-    options = {"seed": cfg.run.seed, "device": _device(cfg.encoders[0].device), **dict(ft.options)}
+    options = {"seed": cfg.run.seed, "device": _device(cfg.encoders[0].device), "progress": progress,
+               **dict(ft.options)}
     results, per = finetune_variants(prep.corpus_split, prep.groups, model, ft_dir, variants=list(ft.variants),
-                                     progress=progress, **options)
+                                     **options)
     per.attrs["provenance"] = {"finetune": cfg.to_dict().get("finetune"), "model": model}
     _write_table(per, out / "tables" / "finetune_per")
     return results, per

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from phonefair.probes.populations import Population
 from phonefair.stats import benjamini_hochberg, bootstrap_pvalue, cluster_bootstrap_weights, percentile_ci, spearman
@@ -198,7 +199,7 @@ def compute_tables(
                 lo, hi = percentile_ci(d[1:], E.level)
                 per_seed = a_in[:, 0] - a_pool[:, 0]
                 ib.append({"layer": layer, "group": g, "delta": float(d[0]), "ci_low": float(lo),
-                           "ci_high": float(hi), "p_value": float(bootstrap_pvalue(d[1:])),
+                           "ci_high": float(hi), "p_value": _delta_pvalue(d[1:]),
                            "seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
                            "acc_in_group": float(a_in[:, 0].mean()), "acc_pooled": float(a_pool[:, 0].mean())})
             # layerwise fairness curve (pooled probe)
@@ -264,6 +265,24 @@ def compute_tables(
         "probe_fits": _frame("probe_fits", fits, prov),
     }
     return tables, curve
+
+
+def _delta_pvalue(reps: np.ndarray) -> float:
+    """Two-sided p-value of ``Δ = 0`` from bootstrap replicates.
+
+    The bootstrap p-value (``phonefair.stats.bootstrap_pvalue``) cannot go below ``2 / (B + 1)``, which would cap
+    what Benjamini–Hochberg can find over many layers × groups. When no replicate reaches 0 it is replaced by the
+    normal approximation ``2 Φ(-|mean*| / sd*)`` (smaller, as the data say); otherwise it is used as is.
+    """
+    r = reps[np.isfinite(reps)]
+    if r.size < 2:
+        return float("nan")
+    p = float(bootstrap_pvalue(r))
+    if (r > 0).all() or (r < 0).all():
+        sd = float(np.std(r, ddof=1))
+        if sd > 0:
+            p = min(p, float(2 * norm.sf(abs(float(np.mean(r))) / sd)))
+    return p
 
 
 def _phone_table(layer: str, E: MetricEngine, preds: list[np.ndarray]) -> pd.DataFrame:

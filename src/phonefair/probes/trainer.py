@@ -13,8 +13,10 @@ This is scikit-learn's ``LogisticRegression`` objective ``C * sum_i CE_i + ||W||
 the two have the same minimiser when ``C = 1 / (lambda * n)`` (``n`` = number of training tokens).
 
 Two optimisers: full-batch L-BFGS (exact optimum; used when the gathered ``[P, n, D]`` training tensor fits in
-``lbfgs_max_bytes``) and mini-batch Adam with a cosine learning-rate decay (rows gathered per probe in chunks, so
-no ``[P, n, D]`` copy is ever made; used for large problems and for the MLP probe).
+``lbfgs_max_bytes``) and mini-batch Adam with a cosine learning-rate decay (rows gathered per probe into one reused
+buffer, so no ``[P, n, D]`` copy is ever made; used for large problems and for the MLP probe). For the linear probe
+Adam runs in decorrelated coordinates (:class:`Preconditioner`), which changes the path, not the optimum; with it,
+3 epochs reach the held-out accuracy of the exact optimum within ~0.5 point (bench/bench_probes.py).
 """
 
 from __future__ import annotations
@@ -392,4 +394,5 @@ def evaluate_gathered(probes: BatchedProbes, x: torch.Tensor, y: torch.Tensor, r
     return correct / n, ce / n
 
 
-__all__ = ["BatchedProbes", "TrainerConfig", "evaluate_gathered", "fit_batched", "standardisation"]
+__all__ = ["BatchedProbes", "Preconditioner", "TrainerConfig", "evaluate_gathered", "fit_batched", "preconditioner",
+           "standardisation"]

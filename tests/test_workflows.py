@@ -1,0 +1,137 @@
+"""Real end-to-end workflows on a very small synthetic corpus and tiny random encoders (no fakes):
+static sharding + merge, fairness fine-tuning, the full pipeline with its cache, and the before/after comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phonefair import pipeline
+from phonefair.cli import main
+from phonefair.store import EmbeddingStore
+from phonefair.synth.corpus import build_synthetic_corpus
+
+BASE = """
+[corpus]
+kind = "saved"
+root = "{corpus}"
+
+[groups]
+attribute = "accent"
+min_speakers = 3
+
+[split]
+use_corpus_split = false
+test_fraction = 0.34
+
+[[encoders]]
+model = "tiny:wav2vec2"
+name = "tiny"
+dtype = "float32"
+batch_size = 2
+
+[probes]
+seeds = [0]
+n_boot = 60
+populations = ["pooled", "group"]
+
+[analysis]
+n_perm = 60
+n_boot = 60
+
+[output]
+dir = "{out}"
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("synth")
+    build_synthetic_corpus(d, accents=["en-US", "en-GB-scotland"], speakers_per_group=2, families=("m", "f"),
+                           sentences_per_speaker=2, seed=0, progress=False)
+    return d
+
+
+def write_config(tmp: Path, corpus: Path, extra: str = "", name: str = "run.toml") -> Path:
+    p = tmp / name
+    p.write_text(BASE.format(corpus=corpus, out=tmp / "out") + extra)
+    return p
+
+
+def test_shard_merge_equals_local_and_is_reused(corpus_dir: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, corpus_dir)
+    for i in range(2):
+        assert main(["--quiet", "extract", str(cfg), "--shard", str(i), "--num-shards", "2"]) == 0
+    assert main(["--quiet", "merge", str(cfg), "--num-shards", "2"]) == 0
+    merged_dir = next(p for p in (tmp_path / "out" / "stores").iterdir() if p.is_dir())
+    merged = EmbeddingStore(merged_dir)
+    # a local extraction into a fresh root gives bit-identical arrays
+    local_cfg = write_config(tmp_path, corpus_dir, name="local.toml")
+    local_cfg.write_text(local_cfg.read_text().replace(str(tmp_path / "out"), str(tmp_path / "local")))
+    assert main(["--quiet", "extract", str(local_cfg)]) == 0
+    local = EmbeddingStore(next(p for p in (tmp_path / "local" / "stores").iterdir() if p.is_dir()))
+    assert merged.key == local.key and merged.layers == local.layers
+    for layer in local.layers:
+        np.testing.assert_array_equal(merged.read(layer), local.read(layer))
+    # the pipeline's extract stage finds the merged store and does not run the model again
+    res = pipeline.run(cfg, stages=["corpus", "groups", "extract"], progress=False)
+    assert "extract:tiny" in res.stages_run  # the stage marker is new, ...
+    assert {p.name for p in (tmp_path / "out" / "stores").iterdir() if p.is_dir()} == {merged_dir.name}  # ... the store is not
+    assert main(["--quiet", "extract", str(cfg), "--shard", "2", "--num-shards", "2"]) == 2  # bad index
+
+
+def test_full_pipeline_cache_and_comparison_after_finetuning(corpus_dir: Path, tmp_path: Path) -> None:
+    finetune = """
+[finetune]
+model = "tiny:wav2vec2"
+variants = ["ctc", "adversarial"]
+steps = 3
+batch_size = 4
+n_boot = 50
+progress = false
+"""
+    cfg = write_config(tmp_path, corpus_dir, finetune)
+    assert main(["--quiet", "finetune", str(cfg)]) == 0
+    per = pd.read_csv(tmp_path / "out" / "tables" / "finetune_per.csv")
+    assert set(per["variant"]) == {"ctc", "adversarial"}
+    assert set(per["group"]) == {"en-US", "en-GB-scotland"}
+    assert (per["per"] >= 0).all() and np.isfinite(per["per"]).all()  # PER may exceed 1 (insertions)
+    model_dir = tmp_path / "out" / "finetune" / "adversarial" / "model"
+    assert (model_dir / "config.json").is_file()
+
+    # audit the original and the fine-tuned encoder side by side
+    two = cfg.read_text() + f"""
+[[encoders]]
+model = "{model_dir}"
+name = "tiny-adv"
+dtype = "float32"
+batch_size = 2
+"""
+    cfg.write_text(two.replace("[finetune]", "[finetune]", 1))
+    assert main(["--quiet", "compare", str(cfg), "--before", "tiny", "--after", "tiny-adv"]) == 0
+    out = tmp_path / "out"
+    html = (out / "report.html").read_text()
+    assert "tiny-adv" in html and "<img" in html and "https://" not in html
+    assert (out / "comparison.html").is_file()
+    acc = pd.read_parquet(out / "tables" / "probe_accuracy.parquet")
+    assert set(acc["encoder"]) == {"tiny", "tiny-adv"}
+    assert acc["estimate"].between(0, 1).all()
+    assert (acc["ci_low"] <= acc["estimate"] + 1e-9).all() and (acc["estimate"] <= acc["ci_high"] + 1e-9).all()
+    verdict = pd.read_parquet(out / "tables" / "verdict.parquet")
+    assert set(verdict["group"]) == {"en-US", "en-GB-scotland"}
+    change = pd.read_parquet(out / "tables" / "change_accuracy.parquet")
+    assert {"before", "after", "diff", "ci_low", "ci_high"} <= set(change.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["encoders"]) == {"tiny", "tiny-adv"}
+
+    # a rerun computes nothing but the report
+    again = pipeline.run(cfg, progress=False)
+    assert again.stages_run == ["report"]
+
+    # a bad key is named
+    cfg.write_text(cfg.read_text().replace("n_perm = 60", "n_perms = 60"))
+    assert main(["--quiet", "run", str(cfg)]) == 2
