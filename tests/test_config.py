@@ -137,3 +137,30 @@ def test_presets_round_trip(tmp_path: Path) -> None:
     assert load_preset("demo").encoders[0].model == "tiny:wav2vec2"
     with pytest.raises(ConfigError, match="did you mean 'timit'"):
         preset_text("timt")
+
+
+def test_config_choices_match_the_stages() -> None:
+    from phonefair import config as C
+    from phonefair.extraction.frames import POOLINGS
+    from phonefair.probes import POPULATION_KINDS
+
+    assert C.POOLINGS == POOLINGS
+    assert set(C.POPULATIONS) == set(POPULATION_KINDS)
+
+
+def test_extraction_and_finetune_sections(tmp_path) -> None:
+    import pytest as _pytest
+
+    from phonefair.config import ConfigError, parse_config
+
+    base = {"corpus": {"kind": "synthetic"}, "groups": {"attribute": "accent"},
+            "encoders": [{"model": "tiny:wav2vec2"}]}
+    cfg = parse_config({**base, "extraction": {"backend": "ray", "num_workers": 2},
+                        "finetune": {"model": "tiny:wav2vec2", "variants": ["ctc"], "steps": 5}})
+    assert cfg.extraction.backend == "ray" and cfg.extraction.num_workers == 2
+    assert cfg.finetune is not None and cfg.finetune.options == {"steps": 5}
+    assert parse_config(cfg.to_dict()).finetune == cfg.finetune  # round trip (provenance → config)
+    with _pytest.raises(ConfigError, match=r"\[extraction\] backend"):
+        parse_config({**base, "extraction": {"backend": "slurm"}})
+    with _pytest.raises(ConfigError, match=r"\[finetune\].*unknown key\(s\) \['stpes'\]"):
+        parse_config({**base, "finetune": {"model": "x", "stpes": 5}})
