@@ -66,7 +66,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     calls: Counter[str] = Counter()
     state: dict[str, Any] = {"calls": calls, "fail_analyze": False}
 
-    def load(cfg: Any, out: Path) -> Corpus:
+    def load(cfg: Any, out: Path, **_: Any) -> Corpus:
         calls["corpus"] += 1
         return fake_corpus()
 
@@ -81,13 +81,13 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return InMemoryEmbeddings(corpus.phones, {"0": rng.normal(size=(len(corpus.phones), 4))},
                                   provenance={"model": enc.model})
 
-    def probe(source: Any, groups: pd.Series, cfg: Any) -> dict[str, pd.DataFrame]:
+    def probe(source: Any, groups: pd.Series, cfg: Any, **_: Any) -> dict[str, pd.DataFrame]:
         calls["probe"] += 1
         assert set(groups.unique()) == {"us", "uk", "in"}  # "scot" (1 speaker) excluded
         t = example_tables(groups=("us", "uk", "in"))
         return {k: t[k] for k in ("probe_accuracy", "group_gap", "in_group_benefit", "speaker_accuracy")}
 
-    def analyze(source: Any, groups: pd.Series, cfg: Any, probe_results: Any) -> dict[str, pd.DataFrame]:
+    def analyze(source: Any, groups: pd.Series, cfg: Any, probe_results: Any, **_: Any) -> dict[str, pd.DataFrame]:
         calls["analyze"] += 1
         assert probe_results is not None
         if state["fail_analyze"]:

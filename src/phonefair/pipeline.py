@@ -182,14 +182,14 @@ class StageCache:
 
 # ---------------------------------------------------------------------------------------------- stage functions
 # Module-level so that tests (and users) can swap them; each is a thin adapter over the stage's public API.
-def load_corpus_stage(cfg: RunConfig, out_dir: Path) -> Corpus:
+def load_corpus_stage(cfg: RunConfig, out_dir: Path, *, progress: bool = True) -> Corpus:
     """Load the corpus named by ``[corpus]`` (``kind = "synthetic"`` builds one under ``out_dir/synth``)."""
     if cfg.corpus.kind == "synthetic":
         from phonefair.synth.corpus import build_synthetic_corpus
 
         options = {"seed": cfg.run.seed, **dict(cfg.corpus.options)}
         # rebuilt whenever the corpus stage's key changes (a few seconds); overwrite: settings may have changed
-        return build_synthetic_corpus(out_dir / "synth", overwrite=True, **options)
+        return build_synthetic_corpus(out_dir / "synth", overwrite=True, **{"progress": progress, **options})
     from phonefair.corpus import load_corpus
 
     assert cfg.corpus.root is not None  # checked by the config
@@ -277,18 +277,19 @@ def _device(name: str) -> str:
         return "cpu"
 
 
-def probe_stage(source: Any, groups: pd.Series, cfg: RunConfig) -> Any:
+def probe_stage(source: Any, groups: pd.Series, cfg: RunConfig, *, progress: bool = True) -> Any:
     """``phonefair.probes.fit_probes`` → ProbeResults (``.tables()``)."""
     from phonefair.probes import fit_probes
 
     p = cfg.probes
-    return fit_probes(source, groups, layers=None if p.layers == "all" else list(p.layers),
+    return fit_probes(source, groups, layers=None if p.layers == "all" else list(p.layers), progress=progress,
                       populations=tuple(p.populations), seeds=tuple(p.seeds), probe=p.type, n_boot=p.n_boot,
                       level=p.level, seed=cfg.run.seed, fdr_alpha=cfg.analysis.fdr_alpha,
                       device=_device(cfg.encoders[0].device))
 
 
-def analyze_stage(source: Any, groups: pd.Series, cfg: RunConfig, probe_results: Any) -> Any:
+def analyze_stage(source: Any, groups: pd.Series, cfg: RunConfig, probe_results: Any, *,
+                  progress: bool = True) -> Any:
     """``phonefair.analysis.analyze`` → TypologyResults (``.tables()``)."""
     from phonefair.analysis import analyze
 
@@ -296,7 +297,7 @@ def analyze_stage(source: Any, groups: pd.Series, cfg: RunConfig, probe_results:
     return analyze(source, groups, reference=a.reference or cfg.groups.reference, probe_results=probe_results,
                    layers=None if cfg.probes.layers == "all" else list(cfg.probes.layers), n_perm=a.n_perm,
                    n_boot=a.n_boot, seed=cfg.run.seed, spaces=tuple(a.spaces), fdr_alpha=a.fdr_alpha,
-                   level=cfg.probes.level, min_speakers=cfg.groups.min_speakers)
+                   level=cfg.probes.level, min_speakers=cfg.groups.min_speakers, progress=progress)
 
 
 def _tables_of(result: Any) -> dict[str, pd.DataFrame]:
@@ -420,7 +421,7 @@ def _prepare(cfg: RunConfig, out: Path, log: _Log, cache: StageCache) -> _Prepar
         log(f"corpus: loading {cfg.corpus.kind} from {cfg.corpus.root or out / 'synth'}")
         if cmark.exists():
             cmark.unlink()
-        corpus = load_corpus_stage(cfg, out)
+        corpus = load_corpus_stage(cfg, out, progress=log.enabled)
         problems, vsummary, ok, text = validate_stage(corpus, cfg)
         if corpus.phones.empty:
             raise DataError(f"corpus has no phone tokens:\n{text}")
@@ -528,7 +529,7 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
             enc_tables.update(t)
         elif "probe" in wanted:
             log(f"probe [{enc.name}]: fitting")
-            probe_obj = probe_stage(source(), groups, cfg)
+            probe_obj = probe_stage(source(), groups, cfg, progress=progress)
             t = _tables_of(probe_obj)
             cache.save("probe", pk, t, {"encoder": enc.name}, obj=probe_obj)
             enc_tables.update(t)
@@ -539,7 +540,7 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
             enc_tables.update(cache.load("analyze", ak)[0])
         elif "analyze" in wanted:
             log(f"analyze [{enc.name}]: typology")
-            res = analyze_stage(source(), groups, cfg, probe_obj)
+            res = analyze_stage(source(), groups, cfg, probe_obj, progress=progress)
             t = _tables_of(res)
             cache.save("analyze", ak, t, {"encoder": enc.name})
             enc_tables.update(t)
