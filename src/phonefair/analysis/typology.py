@@ -16,7 +16,6 @@ See ``docs/typology.md`` for the exact definitions and the calibration.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from phonefair.io import load_tables, save_tables
 
 from phonefair.analysis.shift_tests import SpaceResult, analyze_space
 from phonefair.analysis.sufficient import LayerStats, SpaceStats, accumulate_layer, fit_lda, phone_centres, sample_rows
@@ -45,18 +46,6 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
 
 
 @dataclass
@@ -102,33 +91,14 @@ class TypologyResults:
     def save(self, directory: str | Path) -> Path:
         """Write ``<name>.parquet`` per table and ``typology.json`` (provenance and summary)."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, df in self.table_map.items():
-            plain = df.copy()
-            plain.attrs = {}
-            plain.to_parquet(out / f"{name}.parquet", index=False)
-        meta = {"format": "phonefair.typology", "version": 1, "tables": list(self.table_map),
-                "provenance": self.provenance, "summary": self.summary()}
-        (out / "typology.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-        return out
+        return save_tables(out, self.table_map, fmt="typology",
+                           meta={"provenance": self.provenance, "summary": self.summary()})
 
     @classmethod
     def load(cls, directory: str | Path) -> TypologyResults:
         """Read what :meth:`save` wrote."""
-        d = Path(directory)
-        meta_path = d / "typology.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not a saved TypologyResults directory (typology.json missing)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "phonefair.typology":
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not 'phonefair.typology'")
-        prov = meta["provenance"]
-        tables = {}
-        for name in meta["tables"]:
-            df = pd.read_parquet(d / f"{name}.parquet")
-            df.attrs = {"provenance": {**prov, "table": name}}
-            tables[name] = df
-        return cls(table_map=tables, provenance=prov)
+        tables, meta = load_tables(directory, fmt="typology")
+        return cls(table_map=tables, provenance=meta["provenance"])
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.table_map.items())

@@ -11,7 +11,6 @@ Definitions (see docs/probes.md for the full text):
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from phonefair.io import load_tables, save_tables
 from scipy.stats import norm
 
 from phonefair.probes.populations import Population
@@ -308,18 +309,6 @@ def _phone_table(layer: str, E: MetricEngine, preds: list[np.ndarray]) -> pd.Dat
     return pd.DataFrame(rows, columns=COLUMNS["phone_accuracy"])
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
 
 
 def _clean(v: Any) -> Any:
@@ -381,33 +370,16 @@ class ProbeResults:
     def save(self, directory: str | Path) -> Path:
         """Write ``<name>.parquet`` per table and ``probes.json`` (provenance, curve, summary)."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, df in self.table_map.items():
-            plain = df.copy()
-            plain.attrs = {}  # provenance goes to probes.json (one copy, JSON-safe)
-            plain.to_parquet(out / f"{name}.parquet", index=False)
-        meta = {"format": "phonefair.probes", "version": 1, "tables": list(self.table_map),
-                "provenance": self.provenance, "curve": self.curve, "summary": self.summary()}
-        (out / "probes.json").write_text(json.dumps(meta, indent=2, default=_json_default, allow_nan=True))
-        return out
+        return save_tables(out, self.table_map, fmt="probes",
+                           meta={"provenance": self.provenance, "curve": self.curve, "summary": self.summary()})
 
     @classmethod
     def load(cls, directory: str | Path) -> ProbeResults:
         """Read what :meth:`save` wrote."""
-        d = Path(directory)
-        meta_path = d / "probes.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not a saved ProbeResults directory (probes.json missing)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "phonefair.probes":
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not 'phonefair.probes'")
-        prov = meta["provenance"]
-        tables = {}
-        for name in meta["tables"]:
-            df = pd.read_parquet(d / f"{name}.parquet")
-            df.attrs = {"provenance": {**prov, "curve": meta["curve"], "table": name}}
-            tables[name] = df
-        return cls(table_map=tables, provenance=prov, curve=meta["curve"])
+        tables, meta = load_tables(directory, fmt="probes")
+        for df in tables.values():
+            df.attrs["provenance"]["curve"] = meta["curve"]
+        return cls(table_map=tables, provenance=meta["provenance"], curve=meta["curve"])
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.table_map.items())
