@@ -8,6 +8,9 @@ LayerNorm for stable-layer-norm models. Lists of layer names are always in depth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -123,3 +126,17 @@ def normalise_waveform(x: np.ndarray) -> np.ndarray:
     (``(x - mean) / sqrt(var + 1e-7)``) but on the unpadded signal, so padding never enters the statistics."""
     x = np.asarray(x, dtype=np.float32)
     return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+
+
+@contextmanager
+def hf_quiet() -> Iterator[None]:
+    """Silence transformers' own per-load progress bars (phonefair draws its own) and restore them after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

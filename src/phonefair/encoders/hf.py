@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from phonefair.encoders.base import EncoderError, normalise_waveform, parse_layers
+from phonefair.encoders.base import EncoderError, hf_quiet, normalise_waveform, parse_layers
 from phonefair.extraction.frames import HOP, WAV2VEC_GRID, WHISPER_GRID, FrameGrid, num_frames, whisper_num_frames
 
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
@@ -291,7 +291,8 @@ class HFEncoder(_HFBase):
         from transformers import AutoModel
 
         try:
-            model = AutoModel.from_pretrained(self.model_id, revision=self.revision, dtype=self._torch_dtype())
+            with hf_quiet():
+                model = AutoModel.from_pretrained(self.model_id, revision=self.revision, dtype=self._torch_dtype())
         except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
             raise _load_hint(self.model_id, self.revision, exc) from exc
         model = model.eval().to(self.device)  # eval(): no SpecAugment masking, no LayerDrop
@@ -401,7 +402,8 @@ class WhisperEncoder(_HFBase):
         from transformers import AutoModel
 
         try:
-            full = AutoModel.from_pretrained(self.model_id, revision=self.revision, dtype=self._torch_dtype())
+            with hf_quiet():
+                full = AutoModel.from_pretrained(self.model_id, revision=self.revision, dtype=self._torch_dtype())
         except Exception as exc:  # noqa: BLE001
             raise _load_hint(self.model_id, self.revision, exc) from exc
         enc = full.get_encoder().eval().to(self.device)

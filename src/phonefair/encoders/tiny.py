@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from phonefair.encoders.base import hf_quiet
+
 FAMILIES: tuple[str, ...] = ("wav2vec2", "wav2vec2-stable", "hubert", "wavlm", "data2vec-audio", "whisper",
                              "wav2vec2-base")
 
@@ -66,6 +68,7 @@ def save_tiny_model(family: str, directory: str | Path, *, seed: int = 0) -> Pat
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     model, fe = tiny_model(family, seed=seed)
-    model.save_pretrained(d)
-    fe.save_pretrained(d)
+    with hf_quiet():
+        model.save_pretrained(d)
+        fe.save_pretrained(d)
     return d

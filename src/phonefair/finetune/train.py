@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from phonefair.corpus.schema import Corpus, problems_frame
+from phonefair.encoders.base import hf_quiet
 from phonefair.finetune.data import (VOCAB, GroupBalancedSampler, UniformSampler, Utterance, UtteranceSet,
                                      build_utterances)
 from phonefair.finetune.evaluate import edit_distance, greedy_decode, per_by_group
@@ -158,7 +159,8 @@ def _load_encoder(model: str | os.PathLike[str]) -> Any:
                "fine-tuning of it is not implemented." if cfg.model_type == "whisper" else "")
         raise ValueError(f"{model}: model_type {cfg.model_type!r} is not supported for fine-tuning "
                          f"(supported: {SUPPORTED_MODEL_TYPES}).{why}")
-    enc = AutoModel.from_pretrained(model)
+    with hf_quiet():
+        enc = AutoModel.from_pretrained(model)
     if hasattr(enc, "freeze_feature_encoder"):
         enc.freeze_feature_encoder()
     elif hasattr(enc.feature_extractor, "_freeze_parameters"):  # HubertModel has no freeze_feature_encoder
@@ -183,7 +185,8 @@ def _do_normalize(model: str | os.PathLike[str], enc: Any) -> bool:
 
 
 def _save_encoder(enc: Any, source: str | os.PathLike[str], directory: Path) -> None:
-    enc.save_pretrained(directory)
+    with hf_quiet():
+        enc.save_pretrained(directory)
     pre = Path(source) / "preprocessor_config.json"
     if pre.is_file():
         shutil.copy2(pre, directory / "preprocessor_config.json")
