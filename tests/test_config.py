@@ -163,3 +163,17 @@ def test_extraction_and_finetune_sections(tmp_path) -> None:
         parse_config({**base, "extraction": {"backend": "slurm"}})
     with _pytest.raises(ConfigError, match=r"\[finetune\].*unknown key\(s\) \['stpes'\]"):
         parse_config({**base, "finetune": {"model": "x", "stpes": 5}})
+
+
+def test_unknown_loader_option_is_named_with_a_suggestion() -> None:
+    import pytest as _pytest
+
+    from phonefair.config import ConfigError, parse_config
+
+    base = {"groups": {"attribute": "accent"}, "encoders": [{"model": "tiny:wav2vec2"}]}
+    with _pytest.raises(ConfigError, match=r"\[corpus.options\] phone_schme: .*did you mean 'phone_scheme'"):
+        parse_config({**base, "corpus": {"kind": "textgrid", "root": "/x", "options": {"phone_schme": "arpabet"}}})
+    with _pytest.raises(ConfigError, match=r"\[corpus.options\] speakers_per_grp"):
+        parse_config({**base, "corpus": {"kind": "synthetic", "options": {"speakers_per_grp": 2}}})
+    ok = parse_config({**base, "corpus": {"kind": "timit", "root": "/x", "options": {"include_sa": True}}})
+    assert ok.corpus.options == {"include_sa": True}

@@ -116,6 +116,7 @@ batch_size = 2
     out = tmp_path / "out"
     html = (out / "report.html").read_text()
     assert "tiny-adv" in html and "<img" in html and "https://" not in html
+    assert 'id="comparison"' in html and "change accuracy" in html
     assert (out / "comparison.html").is_file()
     acc = pd.read_parquet(out / "tables" / "probe_accuracy.parquet")
     assert set(acc["encoder"]) == {"tiny", "tiny-adv"}

@@ -71,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = cmd("validate", "Check a config and its corpus (or a corpus folder) and print the problems found.",
             "examples:\n  phonefair validate my.toml\n  phonefair validate --kind timit --root data/TIMIT "
-            "--group-by dialect")
+            "--group-by dialect\n  phonefair validate --kind textgrid --root data/mfa-out --option phone_scheme=mfa_ipa\n"
+            "exit code 3 when a problem of severity 'error' was found (items the loader had to exclude).")
     v.add_argument("config", type=Path, nargs="?", help="TOML run configuration")
     v.add_argument("--kind", help="corpus kind (timit, l2arctic, buckeye, textgrid, lhotse, saved)")
     v.add_argument("--root", type=Path, help="corpus folder")
     v.add_argument("--group-by", help="speaker attribute to check group sizes for")
     v.add_argument("--min-speakers", type=int, default=5, help="minimum speakers per group (default: 5)")
+    v.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="loader option, repeatable (e.g. --option phone_scheme=mfa_ipa --option mix=true)")
 
     s = cmd("synth", "Build a synthetic multi-accent corpus (espeak-ng) in OUT.",
             "example:\n  phonefair synth synth-out --speakers-per-group 6 --sentences-per-speaker 8")
@@ -237,7 +240,8 @@ def _validate(args: argparse.Namespace) -> int:
     else:
         if not (args.kind and args.root):
             raise _UsageError("validate needs CONFIG or both --kind and --root")
-        cfg = C.parse_config({"corpus": {"kind": args.kind, "root": str(args.root)},
+        cfg = C.parse_config({"corpus": {"kind": args.kind, "root": str(args.root),
+                                         "options": _loader_options(args.option)},
                               "groups": {"attribute": args.group_by or "speaker",
                                          "min_speakers": args.min_speakers},
                               "encoders": [{"model": "none"}]}, source="command line", base_dir=Path.cwd())
@@ -246,6 +250,22 @@ def _validate(args: argparse.Namespace) -> int:
     print(repr(corpus))
     print(text or f"{len(problems)} problem(s) recorded by the loader")
     return EXIT_OK if ok else EXIT_DATA
+
+
+def _loader_options(items: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings → a dict; values are read as TOML scalars when they parse (1, 0.5, true), else text."""
+    import tomllib
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _UsageError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

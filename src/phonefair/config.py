@@ -388,6 +388,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
         raise ctx.fail("[corpus] root", f"required for kind {c['kind']!r} (the corpus folder)")
     if "root" in c:
         c["root"] = _resolve(c["root"], base)
+    _check_loader_options(ctx, c["kind"], c.get("options", {}))
     corpus = CorpusConfig(**c)
 
     graw = data["groups"]
@@ -455,6 +456,27 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
     return RunConfig(corpus=corpus, groups=groups, encoders=tuple(encoders), split=split, probes=probes,
                      analysis=analysis, output=output, run=run, extraction=extraction, finetune=finetune,
                      source=source)
+
+
+def _check_loader_options(ctx: _Ctx, kind: str, options: Mapping[str, Any]) -> None:
+    """``[corpus.options]`` keys must be keyword options of the loader (or of the synthetic corpus builder)."""
+    import inspect
+
+    if kind == "synthetic":
+        from phonefair.synth.corpus import build_synthetic_corpus
+
+        params = inspect.signature(build_synthetic_corpus).parameters.values()
+        allowed = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("overwrite", "progress")]
+    else:
+        from phonefair.corpus import loader_options
+
+        allowed = loader_options(kind)
+    for key in options:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            sugg = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ctx.fail(f"[corpus.options] {key}", f"not an option of the {kind!r} loader{sugg} "
+                                                     f"(options: {', '.join(allowed) or 'none'})")
 
 
 def _finetune_section(ctx: _Ctx, raw: Any, base: Path | None) -> FinetuneSection:

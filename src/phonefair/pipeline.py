@@ -710,6 +710,12 @@ def compare(config: RunConfig | str | Path, *, before: str, after: str, progress
     per = pd.read_parquet(per_path) if per_path.is_file() else None
     path = write_comparison_report(changes, out / "comparison.html", before_name=before, after_name=after,
                                    per_group_per=per)
+    # the main report gains its "Before / after" section
+    from phonefair.report import write_report
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    write_report(out, {**result.tables, **changes}, result.summary, provenance,
+                 title=f"phonefair: {before} → {after}")
     return Comparison(tables=dict(changes), report_path=path, run=result)
 
 

@@ -7,6 +7,7 @@ also importable on its own (``phonefair.corpus.timit.load_timit`` …).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Any
 
@@ -23,17 +24,30 @@ LOADERS: dict[str, tuple[str, str]] = {
 }
 
 
-def load_corpus(kind: str, root: str | os.PathLike[str], **options: Any) -> Corpus:
-    """Load a corpus of the given ``kind`` (one of :data:`LOADERS`) from ``root``."""
+def _loader(kind: str) -> Any:
     if kind not in LOADERS:
         raise CorpusError(f"unknown corpus kind {kind!r}; choose one of {sorted(LOADERS)}")
     module, attr = LOADERS[kind]
     obj: Any = importlib.import_module(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
+    return obj
+
+
+def loader_options(kind: str) -> list[str]:
+    """The keyword options the loader of ``kind`` accepts (what ``[corpus.options]`` may hold)."""
+    params = inspect.signature(_loader(kind)).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def load_corpus(kind: str, root: str | os.PathLike[str], **options: Any) -> Corpus:
+    """Load a corpus of the given ``kind`` (one of :data:`LOADERS`) from ``root``."""
+    obj = _loader(kind)
+    if unknown := sorted(set(options) - set(loader_options(kind))):
+        raise CorpusError(f"{kind} loader: unknown option(s) {unknown}; options: {loader_options(kind)}")
     if not os.path.exists(root):
         raise CorpusError(f"corpus root {os.fspath(root)!r} does not exist")
     return obj(root, **options)
 
 
-__all__ = ["LOADERS", "Corpus", "CorpusError", "load_corpus"]
+__all__ = ["LOADERS", "Corpus", "CorpusError", "load_corpus", "loader_options"]

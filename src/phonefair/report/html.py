@@ -50,8 +50,10 @@ SECTIONS: list[tuple[str, str]] = [
     ("decomposition", "Bias / variance decomposition"),
     ("phones", "Most shifted phones"),
     ("verdict", "Typology verdict"),
+    ("comparison", "Before / after"),
     ("provenance", "Provenance"),
 ]
+COMPARISON_TABLES = ("change_accuracy", "change_gap", "change_benefit", "change_variance")
 
 
 def _e(x: Any) -> str:
@@ -279,11 +281,17 @@ def write_report(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFr
             verd.append(h + _na("verdict"))
     body.update(accuracy="".join(acc), heatmaps="".join(heat), benefit="".join(ben), variance="".join(var),
                 decomposition="".join(dec), phones="".join(phones), verdict="".join(verd))
+    if changes := [(name, tables[name]) for name in COMPARISON_TABLES if name in tables]:  # optional section
+        body["comparison"] = (
+            '<p class="muted">Change after − before (e.g. fine-tuned − original encoder) on the same held-out '
+            'speakers and layers, with paired speaker-clustered CIs; figures in comparison.html.</p>'
+            + "".join(f"<h3>{_e(name.replace('_', ' '))}</h3>" + _table_html(df, name=name) for name, df in changes))
     body["provenance"] = ("<pre>" + _e(json.dumps(provenance, indent=2, default=str, sort_keys=False))
                           + "</pre>")
 
-    nav = "<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in SECTIONS) + "</nav>"
-    sections = "".join(f'<section id="{a}"><h2>{_e(t)}</h2>{body[a]}</section>' for a, t in SECTIONS)
+    shown = [(a, t) for a, t in SECTIONS if a in body]
+    nav = "<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in shown) + "</nav>"
+    sections = "".join(f'<section id="{a}"><h2>{_e(t)}</h2>{body[a]}</section>' for a, t in shown)
     ban = f'<p class="banner">{_e(banner)}</p>' if banner else ""
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
