@@ -175,6 +175,27 @@ def test_resume_after_kill_gives_identical_store(crash: str, tiny_dirs: dict[str
         np.testing.assert_array_equal(st.read(layer), ref.read(layer))
 
 
+def test_two_processes_on_one_store_do_not_corrupt_it(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Two extractions of the same store started together: one writes (holding the lock), the other waits and then
+    reuses the finished store; both succeed and the result equals a single run."""
+    corpus = make_corpus(tmp_path, durations=(0.9, 1.25, 0.6, 1.1, 1.3, 0.8))
+    corpus.save(tmp_path / "corpus")
+    model = str(tiny_dirs["wav2vec2"])
+    script = tmp_path / "run.py"
+    script.write_text(_CRASH_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop(CRASH_ENV, None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "corpus"), model, str(tmp_path / "s")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    ref = extract(corpus, model, store_root=tmp_path / "ref", batch_size=1, progress=False)
+    st = open_store(tmp_path / "s", ref.key)
+    assert st is not None
+    for layer in ref.layers:
+        np.testing.assert_array_equal(st.read(layer), ref.read(layer))
+
+
 def test_unreadable_audio_raise_or_skip(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path)
     (tmp_path / "utt1.wav").write_bytes(b"not a wav file")
