@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,21 @@ def load_tables(directory: str | os.PathLike[str], *, fmt: str, provenance_key: 
         df.attrs = {"provenance": {**prov, "table": name}}
         tables[name] = df
     return tables, meta
+
+
+@dataclass
+class ResultTables:
+    """Base of a stage's result object: named tidy tables (``.tables()``, ``result["name"]``) plus provenance."""
+
+    table_map: dict[str, pd.DataFrame]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The result tables by name, each with ``attrs["provenance"]``."""
+        return dict(self.table_map)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        try:
+            return self.table_map[name]
+        except KeyError:
+            raise KeyError(f"no table {name!r}; available: {list(self.table_map)}") from None

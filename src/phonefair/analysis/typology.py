@@ -17,14 +17,14 @@ See ``docs/typology.md`` for the exact definitions and the calibration.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from phonefair.io import load_tables, save_tables
+from phonefair.io import ResultTables, load_tables, save_tables
 
 from phonefair.analysis.shift_tests import SpaceResult, analyze_space
 from phonefair.analysis.sufficient import LayerStats, SpaceStats, accumulate_layer, fit_lda, phone_centres, sample_rows
@@ -49,22 +49,10 @@ def _clean(v: Any) -> Any:
 
 
 @dataclass
-class TypologyResults:
-    """Output of :func:`analyze`: tidy tables (see ``docs/typology.md``) plus provenance."""
-
-    table_map: dict[str, pd.DataFrame]
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """Tables by contract name (``decomposition``, ``shift_tests``, ``pairwise_shift``, ``speaker_variance``,
-        ``variance_accuracy``, ``verdict``) plus ``variance_tests``, ``gap_attribution`` and ``problems``."""
-        return dict(self.table_map)
-
-    def __getitem__(self, name: str) -> pd.DataFrame:
-        try:
-            return self.table_map[name]
-        except KeyError:
-            raise KeyError(f"no table {name!r}; available: {list(self.table_map)}") from None
+class TypologyResults(ResultTables):
+    """Output of :func:`analyze`: tidy tables by contract name (``decomposition``, ``shift_tests``,
+    ``pairwise_shift``, ``speaker_variance``, ``variance_accuracy``, ``verdict``) plus ``variance_tests``,
+    ``gap_attribution`` and ``problems`` (see ``docs/typology.md``), and provenance."""
 
     def summary(self) -> dict[str, Any]:
         """Per layer and group: verdict, shift² and variance ratio with CIs, accuracy gap; significant shifts."""

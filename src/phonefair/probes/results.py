@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phonefair.io import load_tables, save_tables
+from phonefair.io import ResultTables, load_tables, save_tables
 from scipy.stats import norm
 
 from phonefair.probes.populations import Population
@@ -320,22 +320,11 @@ def _clean(v: Any) -> Any:
 
 
 @dataclass
-class ProbeResults:
-    """The output of :func:`phonefair.probes.fit_probes`: tables, provenance and the layerwise-curve summary."""
+class ProbeResults(ResultTables):
+    """The output of :func:`phonefair.probes.fit_probes`: the tables by contract name (plus ``probe_fits``),
+    provenance and the layerwise-curve summary."""
 
-    table_map: dict[str, pd.DataFrame]
-    provenance: dict[str, Any] = field(default_factory=dict)
     curve: dict[str, Any] = field(default_factory=dict)
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The result tables by contract name (plus ``probe_fits``), each with ``attrs["provenance"]``."""
-        return dict(self.table_map)
-
-    def __getitem__(self, name: str) -> pd.DataFrame:
-        try:
-            return self.table_map[name]
-        except KeyError:
-            raise KeyError(f"no table {name!r}; available: {list(self.table_map)}") from None
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers with CIs: per layer the overall accuracy, worst group, gap, Δ_g; the layerwise curve."""
