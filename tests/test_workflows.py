@@ -126,6 +126,10 @@ batch_size = 2
     assert set(verdict["group"]) == {"en-US", "en-GB-scotland"}
     change = pd.read_parquet(out / "tables" / "change_accuracy.parquet")
     assert {"before", "after", "diff", "ci_low", "ci_high"} <= set(change.columns)
+    # the corpus's problems and the typology's exclusions are separate tables (neither replaces the other)
+    problems = pd.read_parquet(out / "tables" / "problems.parquet")
+    assert {"severity", "file", "message"} <= set(problems.columns)
+    assert (out / "tables" / "analysis_problems.parquet").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["encoders"]) == {"tiny", "tiny-adv"}
 

@@ -300,6 +300,12 @@ def analyze_stage(source: Any, groups: pd.Series, cfg: RunConfig, probe_results:
                    level=cfg.probes.level, min_speakers=cfg.groups.min_speakers, progress=progress)
 
 
+def _analysis_tables(t: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The typology's own ``problems`` (phones or speakers it could not analyse) must not replace the corpus's
+    ``problems`` table: it is renamed ``analysis_problems``."""
+    return {("analysis_problems" if k == "problems" else k): v for k, v in t.items()}
+
+
 def _tables_of(result: Any) -> dict[str, pd.DataFrame]:
     if isinstance(result, Mapping):
         return dict(result)
@@ -537,13 +543,13 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
         if cache.complete("analyze", ak):
             if "analyze" in wanted:
                 log(f"analyze [{enc.name}]: cached")
-            enc_tables.update(cache.load("analyze", ak)[0])
+            enc_tables.update(_analysis_tables(cache.load("analyze", ak)[0]))
         elif "analyze" in wanted:
             log(f"analyze [{enc.name}]: typology")
             res = analyze_stage(source(), groups, cfg, probe_obj, progress=progress)
             t = _tables_of(res)
             cache.save("analyze", ak, t, {"encoder": enc.name})
-            enc_tables.update(t)
+            enc_tables.update(_analysis_tables(t))
             ran.append(f"analyze:{enc.name}")
         if source_box and enc.name not in revisions:
             revisions[enc.name] = dict(getattr(source_box[0], "provenance", {}) or {})

@@ -181,7 +181,15 @@ def _data_section(tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any]
         parts.append('<p class="muted">No speakers or groups were excluded.</p>')
     pr = tables.get("problems")
     if pr is not None and not pr.empty:
-        parts.append(f"<h3>Data problems ({len(pr)})</h3>" + _table_html(pr, name="problems", max_rows=30))
+        parts.append(f"<h3>Data problems ({len(pr)})</h3>"
+                     '<p class="muted">Found by the loader and the validator; severity error = item excluded, '
+                     "warning = kept, info = documented behaviour of a phone map. All rows in tables/problems.csv."
+                     "</p>" + _table_html(pr, name="problems", max_rows=30))
+    ap = tables.get("analysis_problems")
+    if ap is not None and not ap.empty:
+        parts.append(f"<h3>Analysis exclusions ({len(ap)})</h3>"
+                     '<p class="muted">Phones or speakers the typology could not analyse, and why '
+                     "(tables/analysis_problems.csv).</p>" + _table_html(ap, name="analysis_problems", max_rows=30))
     return "".join(parts)
 
 
