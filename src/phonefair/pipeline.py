@@ -221,8 +221,10 @@ def groups_stage(corpus: Corpus, cfg: RunConfig) -> tuple[pd.Series, pd.DataFram
                        min_speakers=g.min_speakers, missing=g.missing)
     assignment = G.assign_groups(corpus.speakers, spec)
     if assignment.groups.empty:
-        raise DataError(f"no group has >= {g.min_speakers} speakers ([groups] min_speakers); "
-                        f"excluded: {len(assignment.excluded)} speaker(s)")
+        reasons = assignment.excluded["reason"].value_counts()
+        why = "; ".join(f"{n} speaker(s): {r}" for r, n in reasons.head(3).items())
+        raise DataError(f"no speaker group is usable ([groups] {'/'.join(g.columns)}, min_speakers = "
+                        f"{g.min_speakers}): {why}")
     summary = G.group_summary(corpus, assignment)
     own = corpus.phones.dropna(subset=["split"]).groupby("speaker")["split"].first()
     if cfg.split.use_corpus_split and own.reindex(assignment.groups.index).notna().all():
