@@ -32,6 +32,7 @@ import pandas as pd
 
 from phonefair.config import ConfigError, RunConfig, load_config, load_preset
 from phonefair.corpus.schema import Corpus, CorpusError
+from phonefair.io import json_default
 
 __all__ = ["STAGES", "Comparison", "RunResult", "RunError", "DataError", "compare", "demo", "extract_shard",
            "finetune", "headline_lines", "merge_shards", "run"]
@@ -65,24 +66,20 @@ def _jsonable(x: Any) -> Any:
 
 
 def _json_default(o: Any) -> Any:
+    """:func:`phonefair.io.json_default`, plus what configs and summaries hold: dataclasses, mappings, paths,
+    missing values; non-finite numbers become null (strict JSON for summary.json)."""
     if is_dataclass(o) and not isinstance(o, type):
         return asdict(o)
     if isinstance(o, Mapping):
         return dict(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, (np.ndarray,)):
-        return o.tolist()
-    if isinstance(o, (Path, pd.Timestamp)):
-        return str(o)
+    if isinstance(o, np.floating) and not np.isfinite(o):
+        return None
     if o is pd.NA:
         return None
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
+    if isinstance(o, (Path, pd.Timestamp)):
+        return str(o)
+    if isinstance(o, (np.generic, np.ndarray, set, frozenset, tuple)):
+        return json_default(o)
     return repr(o)
 
 
@@ -401,7 +398,6 @@ def _as_config(config: RunConfig | str | Path) -> RunConfig:
 @dataclass
 class _Prepared:
     corpus: Corpus
-    corpus_split: Corpus  # the phone table's split column holds the run's speaker split
     groups: pd.Series
     split: pd.Series  # speaker -> "train" / "test"
     fingerprint: str
@@ -466,11 +462,7 @@ def _prepare(cfg: RunConfig, out: Path, log: _Log, cache: StageCache) -> _Prepar
                        name="/".join(cfg.groups.columns))
     split = pd.Series(gdf["split"].to_numpy(), index=groups.index, name="split")
     tables.update(group_summary=gt["group_summary"], excluded=gt["excluded"], speakers=gdf)
-    # the split travels with the phone table: extraction keeps it in the store's tokens for the probes
-    from phonefair.groups import apply_split
-    corpus_split = apply_split(corpus, split) if not split.isna().all() else corpus
-
-    return _Prepared(corpus=corpus, corpus_split=corpus_split, groups=groups, split=split, fingerprint=fingerprint,
+    return _Prepared(corpus=corpus, groups=groups, split=split, fingerprint=fingerprint,
                      tables=tables, keys=keys, validation=val, ran=ran)
 
 
@@ -676,7 +668,10 @@ def finetune(config: RunConfig | str | Path, *, progress: bool = True) -> tuple[
     log(f"finetune: {', '.join(ft.variants)} on {model} -> {ft_dir}")
     options = {"seed": cfg.run.seed, "device": _device(cfg.encoders[0].device), "progress": progress,
                **dict(ft.options)}
-    results, per = finetune_variants(prep.corpus_split, prep.groups, model, ft_dir, variants=list(ft.variants),
+    from phonefair.groups import apply_split
+
+    results, per = finetune_variants(apply_split(prep.corpus, prep.split), prep.groups, model, ft_dir,
+                                     variants=list(ft.variants),
                                      **options)
     per.attrs["provenance"] = {"finetune": cfg.to_dict().get("finetune"), "model": model}
     _write_table(per, out / "tables" / "finetune_per")

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from phonefair.corpus.audio import AudioError, audio_info
-from phonefair.corpus.phonesets import normalize_phones
-from phonefair.corpus.schema import Corpus, CorpusError, problems_frame
+from phonefair.corpus.phonesets import check_unknown_policy, normalize_phones
+from phonefair.corpus.schema import Corpus, CorpusError, corpus_root, problems_frame
 from phonefair.corpus.timit import words_by_midpoint
 
 __all__ = ["BUCKEYE_SPEAKERS", "BUCKEYE_TO_ARPABET", "is_nonspeech", "load_buckeye", "read_xlabel"]
@@ -158,12 +158,8 @@ def load_buckeye(root: str | os.PathLike[str], *, speakers: pd.DataFrame | None 
     ``unknown``: policy for a speech label the phone map does not know. Bad files give problem rows and are
     skipped. Raises :class:`CorpusError` when no track is found.
     """
-    if unknown not in ("drop", "keep", "error"):
-        raise ValueError(f"unknown={unknown!r}: expected 'drop', 'keep' or 'error'")
-    root = Path(root)
-    if not root.is_dir():
-        raise CorpusError(f"Buckeye root {root} is not a directory")
-    root = root.resolve()
+    check_unknown_policy(unknown)
+    root = corpus_root(root, "Buckeye")
     problems: list[dict[str, Any]] = []
 
     def tracks_under(d: Path) -> dict[str, Path]:

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from phonefair.corpus.audio import AudioError, audio_info
-from phonefair.corpus.phonesets import UnknownPhoneError, map_label, normalize_phones
-from phonefair.corpus.schema import Corpus, CorpusError, problems_frame
+from phonefair.corpus.phonesets import UnknownPhoneError, check_unknown_policy, map_label, normalize_phones
+from phonefair.corpus.schema import Corpus, CorpusError, corpus_root, problems_frame
 from phonefair.corpus.textgrid import textgrid_phones
 
 __all__ = ["KNOWN_BROKEN", "L2ARCTIC_SPEAKERS", "load_l2arctic", "parse_annotation_label"]
@@ -125,12 +125,8 @@ def load_l2arctic(root: str | os.PathLike[str], *, source: Literal["textgrid", "
         raise ValueError(f"source={source!r}: expected 'textgrid' or 'annotation'")
     if label not in ("canonical", "perceived"):
         raise ValueError(f"label={label!r}: expected 'canonical' or 'perceived'")
-    if unknown not in ("drop", "keep", "error"):
-        raise ValueError(f"unknown={unknown!r}: expected 'drop', 'keep' or 'error'")
-    root = Path(root)
-    if not root.is_dir():
-        raise CorpusError(f"L2-ARCTIC root {root} is not a directory")
-    root = root.resolve()
+    check_unknown_policy(unknown)
+    root = corpus_root(root, "L2-ARCTIC")
     spk_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _child(d, "wav") is not None
                       and d.name.lower() != "suitcase_corpus")
     if not spk_dirs:

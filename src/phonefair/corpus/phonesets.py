@@ -147,6 +147,15 @@ def _safe_map(label: Any, scheme: str) -> tuple[tuple[str, ...], int | None] | N
         return None
 
 
+UNKNOWN_POLICIES = ("drop", "keep", "error")
+
+
+def check_unknown_policy(unknown: str) -> None:
+    """Loaders call this before scanning a corpus, so a bad policy fails before any work is done."""
+    if unknown not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown={unknown!r}: expected 'drop', 'keep' or 'error'")
+
+
 def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["drop", "keep", "error"] = "drop",
                      multi: Literal["split", "first", "drop"] = "split", file_column: str | None = None
                      ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -164,8 +173,7 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
     intended behaviour (TIMIT ``q`` deletion, even split). ``out.attrs["provenance"]`` records the scheme, options and map file.
     """
     _check_scheme(scheme)
-    if unknown not in ("drop", "keep", "error"):
-        raise ValueError(f"unknown={unknown!r}: expected 'drop', 'keep' or 'error'")
+    check_unknown_policy(unknown)
     if multi not in ("split", "first", "drop"):
         raise ValueError(f"multi={multi!r}: expected 'split', 'first' or 'drop'")
     if "phone_raw" not in phones.columns:

@@ -102,6 +102,14 @@ def _typed(df: pd.DataFrame, columns: dict[str, str], table: str, *, extra_ok: b
     return out[ordered].reset_index(drop=True)
 
 
+def corpus_root(root: str | os.PathLike[str], corpus: str) -> Path:
+    """The resolved corpus folder, or a :class:`CorpusError` naming it when it is not a directory."""
+    path = Path(root)
+    if not path.is_dir():
+        raise CorpusError(f"{corpus} root {path} is not a directory")
+    return path.resolve()
+
+
 def empty_problems() -> pd.DataFrame:
     return _typed(pd.DataFrame({"message": pd.Series([], dtype="string")}), PROBLEM_COLUMNS, "problems",
                   extra_ok=False)

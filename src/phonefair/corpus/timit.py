@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from phonefair.corpus.audio import AudioError, audio_info
-from phonefair.corpus.phonesets import normalize_phones
-from phonefair.corpus.schema import Corpus, CorpusError, problems_frame
+from phonefair.corpus.phonesets import check_unknown_policy, normalize_phones
+from phonefair.corpus.schema import Corpus, CorpusError, corpus_root, problems_frame
 
 __all__ = ["CORE_TEST_SPEAKERS", "DEV_SPEAKERS", "DIALECT_NAMES", "load_timit", "read_spkrinfo",
            "words_by_midpoint"]
@@ -258,12 +258,8 @@ def load_timit(root: str | os.PathLike[str], *, include_sa: bool = False,
     """
     if splits not in ("corpus", "core-test", "none"):
         raise ValueError(f"splits={splits!r}: expected 'corpus', 'core-test' or 'none'")
-    if unknown not in ("drop", "keep", "error"):
-        raise ValueError(f"unknown={unknown!r}: expected 'drop', 'keep' or 'error'")
-    root = Path(root)
-    if not root.is_dir():
-        raise CorpusError(f"TIMIT root {root} is not a directory")
-    root = root.resolve()
+    check_unknown_policy(unknown)
+    root = corpus_root(root, "TIMIT")
     problems: list[dict[str, Any]] = []
     utts = _scan(root, problems)
     if not utts:
