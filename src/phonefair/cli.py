@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_RUN, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
+from phonefair.errors import EXIT_DATA, EXIT_OK, EXIT_RUN, EXIT_USAGE
 
 _EXTRACT_EPILOG = """
   phonefair extract my.toml --backend ray --num-workers 4        # Ray Data actors (pip install 'phonefair[ray]')
@@ -281,15 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - map every failure to one line + an exit code
-        from phonefair.config import ConfigError
-        from phonefair.corpus.schema import CorpusError
+        from phonefair.errors import exit_code
 
-        if isinstance(exc, (_UsageError, ConfigError)):
-            code = EXIT_USAGE
-        elif isinstance(exc, CorpusError):
-            code = EXIT_DATA
-        else:  # RunError and anything unexpected inside a stage
-            code = EXIT_RUN
+        code = EXIT_USAGE if isinstance(exc, _UsageError) else exit_code(exc)
         if debug:
             traceback.print_exc()
         else:

@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from phonefair.errors import ConfigError
+
 __all__ = [
     "ConfigError", "CorpusConfig", "GroupsConfig", "SplitConfig", "EncoderConfig", "ProbesConfig",
     "AnalysisConfig", "OutputConfig", "RunSettings", "RunConfig", "load_config", "parse_config",
@@ -34,10 +36,6 @@ POOLINGS = ("mean", "center", "middle_third")  # = phonefair.extraction.frames.P
 BACKENDS = ("local", "ray")
 DTYPES = ("float16", "float32")
 SPACES = ("raw", "lda")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type. The message names file and key path."""
 
 
 # ---------------------------------------------------------------------------------------------- sections

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from phonefair.config import ConfigError, RunConfig, load_config, load_preset
-from phonefair.corpus.schema import Corpus, CorpusError
+from phonefair.corpus.schema import Corpus
+from phonefair.errors import DataError, RunError
 from phonefair.io import json_default
 
 __all__ = ["STAGES", "Comparison", "RunResult", "RunError", "DataError", "compare", "demo", "extract_shard",
@@ -39,14 +40,6 @@ __all__ = ["STAGES", "Comparison", "RunResult", "RunError", "DataError", "compar
 
 STAGES: tuple[str, ...] = ("corpus", "groups", "extract", "probe", "analyze", "report")
 MARKER = "COMPLETE.json"
-
-
-class RunError(RuntimeError):
-    """A stage failed or a stage implementation is missing (CLI exit code 1)."""
-
-
-class DataError(CorpusError):
-    """The data failed validation (CLI exit code 3). The message carries the validation report."""
 
 
 @dataclass

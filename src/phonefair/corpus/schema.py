@@ -29,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from phonefair.errors import DataError
+
 SCHEMA_VERSION = 1
 
 #: phone-token table: column -> pandas dtype
@@ -75,7 +77,7 @@ PROBLEM_COLUMNS: dict[str, str] = {
 }
 
 
-class CorpusError(ValueError):
+class CorpusError(DataError):
     """A corpus could not be loaded or is invalid. The message names the file and field."""
 
 

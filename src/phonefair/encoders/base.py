@@ -11,18 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:  # runtime import would be circular (extraction imports encoders)
-    from phonefair.extraction.frames import FrameGrid
+from phonefair.encoders.frames import FrameGrid
+from phonefair.errors import EncoderError
+from phonefair.layers import layer_sort_key, parse_layers  # noqa: F401 - re-exported for encoder modules
 
-
-class EncoderError(RuntimeError):
-    """A model could not be loaded or run. The message says what was tried and how to fix it."""
 
 
 @runtime_checkable
@@ -60,65 +57,6 @@ class Encoder(Protocol):
     def provenance(self) -> dict[str, Any]:
         """:meth:`identity` plus context (library versions, device, chunking)."""
         ...
-
-
-def layer_sort_key(name: str) -> tuple[int, int]:
-    if name == "cnn":
-        return (0, 0)
-    if name.isdigit():
-        return (1, int(name))
-    m = re.fullmatch(r"(\d+)_norm", name)
-    if m:
-        return (2, int(m.group(1)))
-    return (3, 0)
-
-
-def parse_layers(spec: str | int | Sequence[str | int], available: Sequence[str]) -> list[str]:
-    """Resolve a layer selection against the ``available`` layer names (depth order).
-
-    ``"all"`` -> every available layer; an int or digit string -> that hidden state; ``"0-4,8"`` -> ranges
-    (inclusive) and single layers; ``"cnn"``, ``"L_norm"`` (alias of ``"<L>_norm"``) and ``"-1"`` (the last
-    hidden state) are accepted; a list may mix all of these. Unknown layers raise ``ValueError`` listing what exists.
-    """
-    avail = list(available)
-    numeric = sorted(int(a) for a in avail if a.isdigit())
-    last = numeric[-1] if numeric else None
-    if isinstance(spec, str) and spec.strip().lower() == "all":
-        return sorted(avail, key=layer_sort_key)
-    items: list[str | int]
-    if isinstance(spec, (int, np.integer)):
-        items = [int(spec)]
-    elif isinstance(spec, str):
-        items = [p.strip() for p in spec.split(",") if p.strip()]
-    else:
-        items = []
-        for s in spec:
-            items.extend([p.strip() for p in s.split(",") if p.strip()] if isinstance(s, str) else [int(s)])
-    if not items:
-        raise ValueError(f"empty layer selection {spec!r}; available: {avail}")
-    out: list[str] = []
-    for it in items:
-        names: list[str]
-        if isinstance(it, int) or re.fullmatch(r"-?\d+", str(it)):
-            i = int(it)
-            if i < 0 and last is not None:
-                i = last + 1 + i
-            names = [str(i)]
-        elif m := re.fullmatch(r"(\d+)\s*-\s*(\d+)", str(it)):
-            a, b = int(m.group(1)), int(m.group(2))
-            if b < a:
-                raise ValueError(f"layer range {it!r} is descending")
-            names = [str(i) for i in range(a, b + 1)]
-        elif it == "L_norm" and last is not None:
-            names = [f"{last}_norm"]
-        else:
-            names = [str(it)]
-        for n in names:
-            if n not in avail:
-                raise ValueError(f"layer {n!r} (from selection {spec!r}) is not available; available: {avail}")
-            if n not in out:
-                out.append(n)
-    return sorted(out, key=layer_sort_key)
 
 
 def normalise_waveform(x: np.ndarray) -> np.ndarray:

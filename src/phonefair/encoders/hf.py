@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from phonefair.encoders.base import EncoderError, hf_quiet, normalise_waveform, parse_layers
-from phonefair.extraction.frames import HOP, WAV2VEC_GRID, WHISPER_GRID, FrameGrid, num_frames, whisper_num_frames
+from phonefair.encoders.frames import HOP, WAV2VEC_GRID, WHISPER_GRID, FrameGrid, num_frames, whisper_num_frames
 
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 

@@ -1,14 +1,7 @@
 """Frame arithmetic and phone pooling: which encoder frames belong to which phone, and how they are averaged.
 
-All wav2vec-style encoders (wav2vec 2.0, XLS-R, MMS, HuBERT, WavLM, data2vec-audio) share one convolutional
-front end (kernels 10,3,3,3,3,2,2; strides 5,2,2,2,2,2,2), so at 16 kHz
-
-* frame ``i`` covers samples ``[320 i, 320 i + 400)``: hop 20 ms, receptive field 25 ms;
-* its centre is at ``0.02 i + 0.0125`` s;
-* an utterance of ``N`` samples has ``floor((N - 400) / 320) + 1`` frames (none when ``N < 400``).
-
-The Whisper encoder has the same 20 ms hop but centred frames (centre ``0.02 i`` s); see
-:mod:`phonefair.encoders.hf`. The phone rule is written in terms of a :class:`FrameGrid` so it serves both.
+The frame grids (where each encoder family's frames sit in time) are in :mod:`phonefair.encoders.frames`; the
+phone rule is written in terms of a :class:`FrameGrid` so it serves every family.
 
 Phone -> frames rule (``FRAME_RULE``): a phone ``[start, end)`` owns the frames whose centre lies in ``[start, end)``.
 When no centre falls inside (phones shorter than a hop, e.g. TIMIT closures and flaps) it gets the single frame
@@ -17,47 +10,19 @@ whose centre is nearest the phone midpoint. Indices are clipped to ``[0, T)``.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-#: receptive field and hop of the wav2vec-style CNN, in samples at 16 kHz
-RECEPTIVE_FIELD = 400
-HOP = 320
+# the frame grid belongs to the encoders; re-exported here because the phone rule is written in its terms
+from phonefair.encoders.frames import (HOP, RECEPTIVE_FIELD, SAMPLE_RATE, WAV2VEC_GRID, WHISPER_GRID,  # noqa: F401
+                                       FrameGrid, num_frames, whisper_num_frames)
 
 Pooling = Literal["mean", "center", "middle_third"]
 POOLINGS: tuple[str, ...] = ("mean", "center", "middle_third")
 
 FRAME_RULE = ("frames whose centre (offset + hop*i) lies in [start, end); if none, the single frame whose centre is "
               "nearest the phone midpoint; indices clipped to [0, T)")
-
-
-@dataclass(frozen=True)
-class FrameGrid:
-    """Where encoder frames sit in time: frame ``i`` is centred at ``offset + hop * i`` seconds."""
-
-    hop: float = HOP / SAMPLE_RATE  # 0.02 s
-    offset: float = (RECEPTIVE_FIELD / 2) / SAMPLE_RATE  # 0.0125 s
-
-    def centres(self, n_frames: int) -> np.ndarray:
-        return self.offset + self.hop * np.arange(n_frames)
-
-    def as_dict(self) -> dict[str, float]:
-        return {"hop_s": self.hop, "offset_s": self.offset}
-
-
-WAV2VEC_GRID = FrameGrid()
-WHISPER_GRID = FrameGrid(hop=HOP / SAMPLE_RATE, offset=0.0)
-
-
-def num_frames(n_samples: int) -> int:
-    """Number of wav2vec-style CNN frames for ``n_samples`` samples at 16 kHz: ``floor((N-400)/320)+1``, 0 if N<400."""
-    if n_samples < RECEPTIVE_FIELD:
-        return 0
-    return (n_samples - RECEPTIVE_FIELD) // HOP + 1
 
 
 def _ceil_index(t: np.ndarray, grid: FrameGrid) -> np.ndarray:
@@ -164,13 +129,3 @@ def pool(hidden: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     if hidden.ndim != 2:
         raise ValueError(f"hidden states must be [T, D], got shape {hidden.shape}")
     return pool_layers({"x": hidden}, lo, hi)["x"]
-
-
-def whisper_num_frames(n_samples: int, max_frames: int) -> int:
-    """Whisper encoder frames that carry real audio: frame ``i`` (centre ``320 i`` samples) is real iff its centre
-    lies inside the audio, ``320 i < N``, so ``T = ceil(N / 320)``, capped at the window's ``max_frames``.
-
-    This matches the feature extractor's own attention mask (mel frame ``j`` is real iff ``160 j < N``, and encoder
-    frame ``i`` is centred on mel frame ``2 i``).
-    """
-    return min(math.ceil(n_samples / HOP), max_frames)
