@@ -36,7 +36,7 @@ def test_minimal_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.output.dir == str((tmp_path / "phonefair-out").resolve())
     assert cfg.encoders[0].name == "wav2vec2-base"  # derived from the model id
     assert cfg.encoders[0].model == "facebook/wav2vec2-base"  # a hub id stays a hub id
-    assert cfg.probes.seeds == (0, 1, 2) and cfg.probes.populations == ("pooled", "group", "leave_out")
+    assert cfg.probes.folds == 5 and cfg.probes.populations == ("pooled", "group")
     assert cfg.groups.columns == ("accent",)
     json.dumps(cfg.to_dict())  # provenance must be JSON-serialisable
     with pytest.raises(AttributeError):
@@ -50,19 +50,20 @@ def test_local_model_dir_is_resolved(tmp_path: Path) -> None:
 
 
 def test_wrong_type_names_key_path(tmp_path: Path) -> None:
-    p = _write(tmp_path, MINIMAL + '\n[probes]\nseeds = "abc"\n')
+    p = _write(tmp_path, MINIMAL + '\n[probes]\nl2_grid = "abc"\n')
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert str(e.value) == f"{p}: [probes] seeds: expected a non-empty list of integers, got 'abc'"
+    assert str(e.value) == f"{p}: [probes] l2_grid: expected a non-empty list of numbers, got 'abc'"
 
 
 def test_wrong_item_type_in_list(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\[probes\] seeds: expected a list of integers.*item 1: 'x'"):
-        load_config(_write(tmp_path, MINIMAL + '\n[probes]\nseeds = [0, "x"]\n'))
+    with pytest.raises(ConfigError, match=r"\[probes\] l2_grid: expected a list of numbers.*item 1: expected a "
+                                          r"number, got 'x'"):
+        load_config(_write(tmp_path, MINIMAL + '\n[probes]\nl2_grid = [0.1, "x"]\n'))
 
 
 @pytest.mark.parametrize("extra, expected", [
-    ("\n[probes]\nseed = [0]\n", r"\[probes\] seed: unknown key; did you mean 'seeds'\?"),
+    ("\n[probes]\nfold = 3\n", r"\[probes\] fold: unknown key; did you mean 'folds'\?"),
     ("\n[analysis]\nn_perms = 10\n", r"\[analysis\] n_perms: unknown key; did you mean 'n_perm'\?"),
     ("\n[probe]\ntype = 'linear'\n", r"\[probe\]: unknown section; did you mean \[probes\]\?"),
     ("\n[output]\ndirectory = 'x'\n", r"\[output\] directory: unknown key"),
@@ -90,6 +91,10 @@ def test_choice_suggestion_and_encoder_index(tmp_path: Path) -> None:
       "encoders": [{"model": "m"}]}, r"\[groups\] bins: expected at least two strictly increasing"),
     ({"corpus": {"kind": "saved", "root": "x"}, "groups": {"attribute": "a"}, "encoders": [{"model": "m"}],
       "split": {"test_fraction": 1.5}}, r"\[split\] test_fraction: expected a number in \(0.0, 1.0\), got 1.5"),
+    ({"corpus": {"kind": "saved", "root": "x"}, "groups": {"attribute": "a"}, "encoders": [{"model": "m"}],
+      "probes": {"folds": 1}}, r"\[probes\] folds: expected a number >= 2, got 1"),
+    ({"corpus": {"kind": "saved", "root": "x"}, "groups": {"attribute": "a"},
+      "encoders": [{"model": "tiny:x/../../.."}]}, r"tiny:<family> takes a family name"),
     ({"corpus": {"kind": "saved", "root": "x"}, "groups": {"attribute": "a", "min_speakers": True},
       "encoders": [{"model": "m"}]}, r"\[groups\] min_speakers: expected an integer, got True"),
     ({"corpus": {"kind": "saved", "root": "x"}, "groups": {"attribute": "a"}, "encoders": []},
@@ -139,12 +144,17 @@ def test_presets_round_trip(tmp_path: Path) -> None:
 
 
 def test_config_choices_match_the_stages() -> None:
-    from phonefair import config as C
-    from phonefair.extraction.frames import POOLINGS
-    from phonefair.probes import POPULATION_KINDS
+    import typing
 
-    assert C.POOLINGS == POOLINGS
-    assert set(C.POPULATIONS) == set(POPULATION_KINDS)
+    from phonefair.config import EncoderSettings
+    from phonefair.extraction.frames import POOLINGS
+    from phonefair.probes import MATCHED_KINDS
+    from phonefair.settings import ProbeSettings
+
+    # the TOML choices are read off the settings' annotations; they must be what the stages implement
+    assert typing.get_args(typing.get_type_hints(EncoderSettings)["pooling"]) == POOLINGS
+    pops = typing.get_args(typing.get_args(typing.get_type_hints(ProbeSettings)["populations"])[0])
+    assert set(pops) == set(MATCHED_KINDS)
 
 
 def test_extraction_and_finetune_sections(tmp_path) -> None:

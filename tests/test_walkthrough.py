@@ -18,5 +18,7 @@ def test_walkthrough_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     for i, code in enumerate(blocks):
         exec(compile(code, f"{DOC.name}[block {i + 1}]", "exec"), namespace)  # noqa: S102 - our own docs
     assert (tmp_path / "walkthrough" / "demo" / "report.html").is_file()
-    verdict = namespace["tt"]["verdict"]  # type: ignore[index]
+    verdict = namespace["v"]  # type: ignore[index]
     assert set(verdict["group"]) == {"en-US", "en-GB-scotland", "en-029"}
+    sim_v = namespace["sim_audit"].verdicts().set_index("group")  # type: ignore[attr-defined]
+    assert sim_v.loc["C", "verdict"] == "served worse: random"

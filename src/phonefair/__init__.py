@@ -1,15 +1,15 @@
-"""phonefair: phone-level random vs systematic error of self-supervised speech encoders, per speaker group.
+"""phonefair: which speaker groups does a self-supervised speech encoder serve worse, where, and why?
 
-The pipeline, one function per stage (DataFrame in, DataFrame out)::
+From embeddings you already have (five lines)::
 
-    corpus = phonefair.load_corpus("timit", "/data/TIMIT")                 # Corpus: phones / speakers / recordings
-    groups = phonefair.assign_groups(corpus, phonefair.GroupSpec(attributes=("dialect",))).groups
-    store = phonefair.extract(corpus, "facebook/wav2vec2-base", store_root="stores")
-    probes = phonefair.fit_probes(store, groups)                             # .tables(): accuracy, in-group benefit…
-    typology = phonefair.analyze(store, groups, probe_results=probes)      # .tables(): decomposition, verdict…
+    import phonefair as pf
+    emb = pf.Embeddings.from_numpy({"6": X6, "12": X12}, speaker=speaker_ids, phone=phone_labels)
+    audit = pf.Audit(emb, groups={"spk1": "L1", "spk2": "L2", ...})
+    print(audit.summary_text())       # served worse? (gap, CI) where? (layers) why? (random / systematic)
+    audit.report("out")               # out/report.html + tables
 
-or all of it from a TOML configuration: ``phonefair.run("my.toml")`` (see docs/walkthrough.md).
-Names are imported lazily, so ``import phonefair`` stays cheap (torch loads only when a stage needs it).
+From a corpus and encoders, one TOML file: ``phonefair.run("my.toml")`` (see docs/walkthrough.md). Names are
+imported lazily, so ``import phonefair`` stays cheap (torch loads only when a stage needs it).
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ _API = {
     "extract": "phonefair.extraction",
     "EmbeddingStore": "phonefair.store",
     "InMemoryEmbeddings": "phonefair.store",
+    "Embeddings": "phonefair.store",
+    "Audit": "phonefair.audit",
+    "ProbeSettings": "phonefair.settings",
+    "AnalysisSettings": "phonefair.settings",
     "fit_probes": "phonefair.probes",
     "analyze": "phonefair.analysis",
-    "finetune": "phonefair.finetune",
-    "compare_audits": "phonefair.finetune",
+    "served_worse": "phonefair.analysis",
+    "compare": "phonefair.pipeline",
     "load_config": "phonefair.config",
     "run": "phonefair.pipeline",
     "demo": "phonefair.pipeline",

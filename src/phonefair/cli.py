@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
             "example:\n  phonefair compare my.toml --before wav2vec2-base --after wav2vec2-base-adversarial")
     k.add_argument("config", type=Path, help="TOML run configuration listing both encoders")
     k.add_argument("--before", required=True, help="encoder name of the original model")
-    k.add_argument("--after", required=True, help="encoder name of the fine-tuned model")
+    k.add_argument("--after", required=True, action="append",
+                   help="encoder name of a fine-tuned model (repeat for several variants)")
     k.add_argument("--out", type=Path, help="override [output] dir")
 
     i = cmd("init", "Print a preset configuration to edit.", "example:\n  phonefair init --preset timit > my.toml")
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(result: object) -> None:
-    from phonefair.pipeline import headline_lines
+    from phonefair.report.summary import headline_lines
 
     lines = headline_lines(result.summary)  # type: ignore[attr-defined]
     for line in lines:
@@ -155,10 +156,11 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, stages: object = None) -> int:
     from phonefair import config as C
     from phonefair import pipeline as P
 
+    stages_fns = stages
     progress = not args.quiet
     _quiet_libraries()
     if args.command == "init":
@@ -200,8 +202,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "compare":
         comp = P.compare(cfg, before=args.before, after=args.after, progress=progress)
-        _print_summary(comp.run)
-        print(f"comparison: {comp.report_path}")
+        _print_summary(comp)
         return EXIT_OK
     if args.command == "extract":
         if (args.shard is None) != (args.num_shards is None):
@@ -219,24 +220,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             cfg = replace(cfg, extraction=replace(x, backend=args.backend or x.backend,
                                                   num_workers=args.num_workers or x.num_workers))
     if args.command == "run":
-        stages = None if not args.stages else [s.strip() for s in args.stages.split(",") if s.strip()]
+        selected = None if not args.stages else [s.strip() for s in args.stages.split(",") if s.strip()]
     else:
-        stages = args.stages
-    res = P.run(cfg, stages=stages, progress=progress)
+        selected = args.stages
+    kw = {} if stages_fns is None else {"functions": stages_fns}
+    res = P.run(cfg, stages=selected, progress=progress, **kw)
     _print_summary(res)
     return EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:
     from phonefair import config as C
-    from phonefair import pipeline as P
+    from phonefair.pipeline import stages as P
 
     if args.config is not None:
         if args.kind or args.root:
             raise _UsageError("give either CONFIG or --kind/--root, not both")
         cfg = C.load_config(args.config)
-        corpus = P.load_corpus_stage(cfg, cfg.out_dir)
-        problems, summary, ok, text = P.validate_stage(corpus, cfg)
+        corpus = P.load_corpus(cfg, cfg.out_dir)
+        problems, summary, ok, text = P.validate(corpus, cfg)
     else:
         if not (args.kind and args.root):
             raise _UsageError("validate needs CONFIG or both --kind and --root")
@@ -245,8 +247,8 @@ def _validate(args: argparse.Namespace) -> int:
                               "groups": {"attribute": args.group_by or "speaker",
                                          "min_speakers": args.min_speakers},
                               "encoders": [{"model": "none"}]}, source="command line", base_dir=Path.cwd())
-        corpus = P.load_corpus_stage(cfg, Path.cwd())
-        problems, summary, ok, text = P.validate_stage(corpus, cfg, group_by=args.group_by)
+        corpus = P.load_corpus(cfg, Path.cwd())
+        problems, summary, ok, text = P.validate(corpus, cfg)
     print(repr(corpus))
     print(text or f"{len(problems)} problem(s) recorded by the loader")
     return EXIT_OK if ok else EXIT_DATA
@@ -268,8 +270,9 @@ def _loader_options(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``phonefair`` command; returns the exit code."""
+def main(argv: Sequence[str] | None = None, *, stages: object = None) -> int:
+    """Entry point of the ``phonefair`` command; returns the exit code. ``stages``: a
+    :class:`phonefair.pipeline.StageFunctions` registry to run instead of the default stages (tests, extensions)."""
     parser = build_parser()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -277,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return _dispatch(args)
+        return _dispatch(args, stages)
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - map every failure to one line + an exit code

@@ -9,67 +9,127 @@ are never silently dropped: :attr:`GroupAssignment.excluded` lists them, and :fu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
 from phonefair.corpus.schema import Corpus, CorpusError
+from phonefair.errors import ConfigError
+from phonefair.settings import Settings, setting
 
 MISSING = "<missing>"
+#: how the labels of crossed attributes are joined into one group label (the only place this is decided)
+GROUP_JOIN = " × "
 
 
 @dataclass(frozen=True)
-class GroupSpec:
-    """How speakers are grouped.
+class GroupSpec(Settings):
+    """``[groups]``: how speakers are grouped (the Python API and the TOML section share this class).
 
     Parameters
     ----------
     attributes:
         One or more speaker-table columns; several are crossed into an intersection (labels joined by ``" × "``).
+        TOML: ``attribute = "dialect"`` or ``attributes = ["gender", "dialect"]``.
     bins:
         Per attribute, numeric bin edges (left-closed, right-open; e.g. ``{"age": [0, 30, 50, 120]}`` → ``"[0,30)"``).
+        TOML may give a plain list when there is one attribute.
     mapping:
         Per attribute, a value → value map applied before crossing (e.g. merge ``{"accent": {"wales": "uk"}}``).
-        Values not in a mapping keep their value.
+        Values not in a mapping keep their value. TOML may give a flat table when there is one attribute.
     reference:
-        The reference group label (shifts are measured against it); ``None`` → a consensus of groups.
+        The reference group label (gaps and shifts are measured against it); ``None`` → the other groups.
     min_speakers:
-        Groups with fewer speakers are excluded from inference (reported, with the reason).
+        Groups with fewer speakers are excluded from inference (reported, with the reason); 2 is the floor for any
+        between-speaker statistic (a pilot run: wide intervals, warnings).
     missing:
         What to do with speakers whose attribute is missing: ``"exclude"`` (reported) or ``"group"`` (they form a
         group labelled ``"<missing>"``).
     """
 
-    attributes: tuple[str, ...]
-    bins: Mapping[str, Sequence[float]] = field(default_factory=dict)
-    mapping: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    reference: str | None = None
-    min_speakers: int = 5
-    missing: str = "exclude"
+    section: ClassVar[str] = "[groups]"
+
+    attributes: tuple[str, ...] = setting((), "speaker-table column(s) defining the groups", nonempty=False)
+    bins: Mapping[str, Any] = setting({}, "per attribute: numeric bin edges (e.g. age bands)")
+    mapping: Mapping[str, Any] = setting({}, "per attribute: raw value -> group label (merge or rename)")
+    reference: str | None = setting(None, "reference group for gaps and shifts (default: the other groups)")
+    min_speakers: int = setting(5, "smaller groups are excluded from inference and reported", min=1)
+    missing: Literal["exclude", "group"] = setting("exclude", "speakers lacking the attribute")
 
     def __post_init__(self) -> None:
-        attrs = (self.attributes,) if isinstance(self.attributes, str) else tuple(self.attributes)
-        if not attrs:
-            raise ValueError("GroupSpec needs at least one attribute")
-        object.__setattr__(self, "attributes", attrs)
-        if self.missing not in ("exclude", "group"):
-            raise ValueError(f"GroupSpec.missing must be 'exclude' or 'group', got {self.missing!r}")
-        if self.min_speakers < 1:
-            raise ValueError(f"GroupSpec.min_speakers must be >= 1, got {self.min_speakers}")
+        if isinstance(self.attributes, str):
+            object.__setattr__(self, "attributes", (self.attributes,))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not self.attributes:
+            raise self.fail("attribute", "give exactly one of 'attribute' (one speaker attribute) or 'attributes' "
+                                         "(a list, for intersectional groups)")
+        bins = {}
         for a, edges in self.bins.items():
-            if len(edges) < 2 or any(b <= a_ for a_, b in zip(edges, edges[1:], strict=False)):
-                raise ValueError(f"GroupSpec.bins[{a!r}]: edges must be >= 2 strictly increasing numbers")
+            if a not in self.attributes:
+                raise self.fail("bins", f"{a!r} is not one of the attributes {list(self.attributes)}")
+            ok = isinstance(edges, (list, tuple)) and len(edges) >= 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in edges)
+            if not ok or any(b <= a_ for a_, b in zip(edges, edges[1:], strict=False)):
+                raise self.fail("bins", f"expected at least two strictly increasing bin edges, got {list(edges)!r}"
+                                if isinstance(edges, (list, tuple)) else f"expected a list of bin edges, got {edges!r}")
+            bins[a] = tuple(float(x) for x in edges)
+        mapping = {}
+        for a, m in self.mapping.items():
+            if a not in self.attributes:
+                raise self.fail("mapping", f"{a!r} is not one of the attributes {list(self.attributes)}")
+            if not isinstance(m, Mapping) or not all(isinstance(v, str) for v in m.values()):
+                raise self.fail(f"mapping.{a}", f"expected a table of value = group label, got {m!r}")
+            mapping[a] = {str(k): v for k, v in m.items()}
+        object.__setattr__(self, "bins", bins)
+        object.__setattr__(self, "mapping", mapping)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, *, where: str = "", base_dir: Any = None,
+                     required: tuple[str, ...] = ()) -> GroupSpec:
+        """TOML ``[groups]``: ``attribute`` or ``attributes``; ``bins`` / ``mapping`` per attribute, or (with one
+        attribute) given directly."""
+        prefix = f"{where}: " if where else ""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{prefix}[groups]: expected a table, got {data!r}")
+        d = {k: v for k, v in data.items() if v is not None}
+        if ("attribute" in d) == ("attributes" in d):
+            raise ConfigError(f"{prefix}[groups] attribute: give exactly one of 'attribute' (one speaker attribute) "
+                              "or 'attributes' (a list, for intersectional groups)")
+        if "attribute" in d:
+            a = d.pop("attribute")
+            if not isinstance(a, str) or not a.strip():
+                raise ConfigError(f"{prefix}[groups] attribute: expected a non-empty string, got {a!r}")
+            d["attributes"] = (a,)
+        attrs = d.get("attributes")
+        if isinstance(attrs, list):
+            attrs = tuple(attrs)
+            d["attributes"] = attrs
+        for key in ("bins", "mapping"):
+            v = d.get(key)
+            if not v or not isinstance(attrs, tuple):
+                continue
+            nested = isinstance(v, Mapping) and all(k in attrs for k in v) and all(
+                isinstance(x, (Mapping, list)) for x in v.values())
+            if nested:
+                continue
+            if len(attrs) != 1:
+                raise ConfigError(f"{prefix}[groups] {key}: with several attributes give one entry per attribute "
+                                  f"({', '.join(attrs)}), got {v!r}")
+            d[key] = {attrs[0]: v}
+        return super().from_mapping(d, where=where, base_dir=base_dir, required=required)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The speaker attributes that define the groups (alias of ``attributes``)."""
+        return self.attributes
 
     @property
     def name(self) -> str:
-        return " × ".join(self.attributes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"attributes": list(self.attributes), "bins": {k: list(v) for k, v in self.bins.items()},
-                "mapping": {k: dict(v) for k, v in self.mapping.items()}, "reference": self.reference,
-                "min_speakers": self.min_speakers, "missing": self.missing}
+        return GROUP_JOIN.join(self.attributes)
 
 
 @dataclass
@@ -130,7 +190,7 @@ def assign_groups(speakers: pd.DataFrame | Corpus, spec: GroupSpec | str | Seque
     if spec.missing == "group":
         frame = frame.fillna(MISSING)
         has_missing[:] = False
-    label = frame.fillna("").astype(object).agg(lambda r: " × ".join(map(str, r)), axis=1).astype("string")
+    label = frame.fillna("").astype(object).agg(lambda r: GROUP_JOIN.join(map(str, r)), axis=1).astype("string")
     label[has_missing] = pd.NA
     label.index = speakers["speaker"].astype(str).to_numpy()
     label.name = spec.name

@@ -32,6 +32,91 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def resolve_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | None) -> str:
+    """``path`` as an absolute path; a relative one is taken relative to ``base`` (a config file's folder), never
+    to the current directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return str(p.resolve()) if (base is not None or p.is_absolute()) else str(p)
+
+
+def temp_path(final: Path) -> Path:
+    """A temporary name next to ``final`` that no other process uses (concurrent runs on one folder)."""
+    import uuid
+
+    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def json_strict(o: Any) -> Any:
+    """:func:`json_default` plus what settings and summaries hold (dataclasses, mappings, paths, pandas NA);
+    non-finite numbers become ``null``, so every JSON file phonefair writes is strict JSON."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(o) and not isinstance(o, type):
+        return asdict(o)
+    if isinstance(o, Mapping):
+        return dict(o)
+    if isinstance(o, (np.floating, float)) and not np.isfinite(o):
+        return None
+    if o is pd.NA or o is pd.NaT:
+        return None
+    if isinstance(o, (Path, pd.Timestamp)):
+        return str(o)
+    return json_default(o)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON text (NaN/inf → null) of settings, summaries and provenance."""
+    return json.dumps(_finite(json.loads(json.dumps(obj, default=json_strict))), indent=2, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write strict JSON atomically (a unique temporary file, then a rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(p)
+    try:
+        tmp.write_text(to_json(obj))
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def write_table(df: pd.DataFrame, path_stem: str | os.PathLike[str], *, csv: bool = True) -> list[Path]:
+    """``<stem>.parquet`` (+ ``<stem>.csv``), each written atomically. Provenance stays in ``attrs`` only
+    (it goes to JSON sidecars / manifests), so Parquet metadata holds data, never objects."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    plain = df.copy()
+    plain.attrs = {}
+    out = []
+    for ext in (("parquet", "csv") if csv else ("parquet",)):
+        final = stem.with_name(f"{stem.name}.{ext}")
+        tmp = temp_path(final)
+        try:
+            if ext == "parquet":
+                plain.to_parquet(tmp, index=False)
+            else:
+                plain.to_csv(tmp, index=False)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        out.append(final)
+    return out
+
+
 def save_tables(directory: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame], *, fmt: str,
                 meta: Mapping[str, Any]) -> Path:
     """Write ``<name>.parquet`` per table, then ``<fmt>.json`` (``{"format": "phonefair.<fmt>", "tables": [...],
@@ -39,13 +124,8 @@ def save_tables(directory: str | os.PathLike[str], tables: Mapping[str, pd.DataF
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
-        plain = df.copy()
-        plain.attrs = {}
-        plain.to_parquet(out / f"{name}.parquet", index=False)
-    doc = {"format": f"phonefair.{fmt}", "version": 1, "tables": list(tables), **meta}
-    tmp = out / f".{fmt}.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=json_default))
-    os.replace(tmp, out / f"{fmt}.json")
+        write_table(df, out / name, csv=False)
+    write_json(out / f"{fmt}.json", {"format": f"phonefair.{fmt}", "version": 1, "tables": list(tables), **meta})
     return out
 
 

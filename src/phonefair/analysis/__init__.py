@@ -1,10 +1,8 @@
-"""The random-vs-systematic error typology of phone embeddings (see ``docs/typology.md``).
+"""Served worse? (accuracy gaps, pairwise attribution) and why? (random vs systematic typology, mechanisms)."""
 
-``analyze(source, groups, ...)`` → :class:`TypologyResults` with tidy tables: ``decomposition``, ``shift_tests``,
-``pairwise_shift``, ``speaker_variance``, ``variance_accuracy``, ``verdict`` (+ ``variance_tests``,
-``gap_attribution``, ``problems``).
-"""
+from phonefair.analysis.served import ServedWorse, served_worse
+from phonefair.analysis.typology import TABLES, TypologyResults, analyze
+from phonefair.analysis.verdict import VERDICTS, headline_layer, verdict_table
 
-from phonefair.analysis.typology import TypologyResults, analyze, load
-
-__all__ = ["TypologyResults", "analyze", "load"]
+__all__ = ["TABLES", "VERDICTS", "ServedWorse", "TypologyResults", "analyze", "headline_layer", "served_worse",
+           "verdict_table"]

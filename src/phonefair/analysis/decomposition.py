@@ -51,56 +51,35 @@ class Moments:
     XS: np.ndarray | None = None
 
 
-def gram(st: SpaceStats) -> np.ndarray:
-    """Per-phone Gram matrix of speaker means, ``K[t, p, s] = x_tp · x_sp`` (``[S, P, S]``).
+def group_moments(st: SpaceStats, w: np.ndarray, *, speaker_dots: bool = False,
+                  members: list[np.ndarray] | None = None) -> Moments:
+    """Group sums for speaker weights ``w [b, G, S]``, by direct sums (cost linear in speakers: ``b·S·P·D``).
 
-    With it every group-sum inner product is a quadratic form in the weights, at a cost independent of the
-    embedding dimension: the permutation and bootstrap loops of a 768-dim layer then cost as much as a 40-dim one.
+    ``members[g]``, when given, lists the only speakers that ever have weight in group ``g`` (a within-group
+    bootstrap), so each group's sums touch its own speakers only instead of all ``S``. ``speaker_dots`` adds
+    ``XS[b, g, p, s] = x_s · S_g`` (needed by the speaker-dispersion statistic).
     """
-    m = st.mean.transpose(1, 0, 2)  # [P, S, D]
-    return np.ascontiguousarray(np.matmul(m, m.transpose(0, 2, 1)).transpose(1, 0, 2))
-
-
-def use_gram(st: SpaceStats, max_bytes: float = 4e8) -> bool:
-    """Whether the Gram route is cheaper (speakers fewer than dims) and fits in ``max_bytes``."""
-    S, P, D = st.mean.shape
-    return S < D and P * S * S * 8 <= max_bytes
-
-
-def group_moments(st: SpaceStats, w: np.ndarray, *, K: np.ndarray | None = None,
-                  speaker_dots: bool = False) -> Moments:
-    """Group sums for speaker weights ``w [b, G, S]`` (via the Gram matrix ``K`` of :func:`gram` when given)."""
     b, G, S = w.shape
     P, D = st.mean.shape[1], st.mean.shape[2]
     wf = w.reshape(b * G, S)
     w2 = wf * wf
     has, sq = st.has, st.sq
+    flat = st.mean.reshape(S, P * D)
+    if members is None:
+        Ssum = (wf @ flat).reshape(b, G, P, D)
+    else:
+        Ssum = np.empty((b, G, P * D))
+        for g in range(G):
+            idx = members[g]
+            Ssum[:, g] = w[:, g][:, idx] @ flat[idx]
+        Ssum = Ssum.reshape(b, G, P, D)
+    Sp = Ssum.transpose(0, 2, 1, 3)  # [b, P, G, D]
+    C = np.matmul(Sp, Sp.transpose(0, 1, 3, 2)).transpose(0, 2, 3, 1)  # [b, G, G, P]
+    XS = np.einsum("bgpd,spd->bgps", Ssum, st.mean, optimize=True) if speaker_dots else None
 
     def r(a: np.ndarray) -> np.ndarray:
         return a.reshape(b, G, P)
 
-    XS = None
-    if K is not None:
-        Kf = K.reshape(S, P * S)
-        KW = np.empty((b, G, P * S))
-        # two groups partitioning the same speakers in every replicate (a pair permutation): S_1 = S_all − S_0
-        complement = G == 2 and b > 1 and bool(np.all(w.sum(1) == w[0].sum(0)[None]))
-        for g in range(G):
-            if complement and g == 1:
-                KW[:, 1] = (w[0].sum(0) @ Kf)[None] - KW[:, 0]
-                continue
-            cols = np.flatnonzero(w[:, g].any(0))  # a group's bootstrap weights touch only its own speakers
-            KW[:, g] = w[:, g][:, cols] @ Kf[cols]
-        KW4 = KW.reshape(b, G, P, S)  # [b, h, p, s] = x_s · S_h
-        C = np.matmul(w, KW.reshape(b, G * P, S).transpose(0, 2, 1)).reshape(b, G, G, P)
-        XS = KW4 if speaker_dots else None
-    else:
-        Ssum = (wf @ st.mean.reshape(S, P * D)).reshape(b, G, P, D)
-        Sp = Ssum.transpose(0, 2, 1, 3)  # [b, P, G, D]
-        C = np.matmul(Sp, Sp.transpose(0, 1, 3, 2)).transpose(0, 2, 3, 1)  # [b, G, G, P]
-        if speaker_dots:
-            XS = np.matmul(Ssum.transpose(2, 0, 1, 3).reshape(P, b * G, D), st.mean.transpose(1, 2, 0))
-            XS = XS.reshape(P, b, G, S).transpose(1, 2, 0, 3)  # [b, G, P, S]
     return Moments(N=r(wf @ has), N2=r(w2 @ has), C=C, Q1=r(wf @ sq), Q2=r(w2 @ sq), SSW=r(wf @ st.ss),
                    DOF=r(wf @ st.dof), INV=r(wf @ st.inv_n), TOK=r(wf @ st.count.astype(np.float64)), dim=D, XS=XS)
 
@@ -197,5 +176,5 @@ def split_half_distance(st: SpaceStats, labels: np.ndarray, g: int, h: int, *, n
     return acc / n_splits
 
 
-__all__ = ["Components", "Moments", "components", "consensus", "gram", "group_moments", "use_gram", "naive_distance",
+__all__ = ["Components", "Moments", "components", "consensus", "group_moments", "naive_distance",
            "nanmean_last", "split_half_distance"]

@@ -1,21 +1,23 @@
-"""``analyze``: the random-vs-systematic error typology, per group, phone, layer and space.
+"""``analyze``: the random-vs-systematic typology of phone embeddings, per group, phone, layer and space.
 
-Pipeline per layer (one layer in memory at a time):
+Per layer (one layer in memory at a time):
 
-1. a seeded sample of training-speaker tokens → per-phone centres (numerics) and, for the ``"lda"`` space, a
-   whitened shrinkage-LDA projection fitted on training speakers only;
-2. one streaming pass over the layer → per-(speaker, phone) count / mean / within-SS in every space;
-3. on those statistics: pairwise U-statistic distances, variance components, speaker permutations, speaker
-   bootstrap (:mod:`~phonefair.analysis.shift_tests`), per-speaker normalised variance
-   (:mod:`~phonefair.analysis.variance`);
-4. after all layers: BH-FDR across layers × groups × phones, the variance–accuracy relation, the gap attribution
-   and the verdict (:mod:`~phonefair.analysis.verdict`).
+1. a seeded token sample → per-phone centres (numerics) and, for the ``"lda"`` space, a whitened shrinkage LDA fitted
+   on phone labels only (no group labels enter it, so it leaves the group permutation tests exact);
+2. one streaming pass → per-(speaker, phone) count / mean / within-SS in every space;
+3. descriptive statistics of every group against the consensus of the others (or the reference): shift and
+   variance components (decomposition), the pairwise shift matrix, per-phone shift tests and variance tests with
+   adaptive speaker permutations, speaker-bootstrap intervals, per-speaker normalised variance;
+4. for the groups found served worse (:mod:`~phonefair.analysis.served`), the mechanism tests of
+   :mod:`~phonefair.analysis.mechanism`.
 
-See ``docs/typology.md`` for the exact definitions and the calibration.
+After all layers: Benjamini–Hochberg across layers × groups × phones for the descriptive tests, the
+variance–accuracy relation, the mechanism tables. See ``docs/typology.md`` for every definition.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +26,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phonefair.io import ResultTables, load_tables, save_tables
-
-from phonefair.analysis.shift_tests import SpaceResult, analyze_space
+from phonefair import rng
+from phonefair.analysis.decomposition import components, consensus, group_moments, nanmean_last
+from phonefair.analysis.mechanism import MechanismPlan, mechanism_tables, plan_mechanisms
+from phonefair.analysis.shift_tests import percentile, permutation_test, subset
 from phonefair.analysis.sufficient import LayerStats, SpaceStats, accumulate_layer, fit_lda, phone_centres, sample_rows
 from phonefair.analysis.variance import phone_scale, speaker_dispersion, variance_accuracy
-from phonefair.analysis.verdict import accuracy_gaps, decide, evidence_text, gap_attribution
-from phonefair.stats import benjamini_hochberg
+from phonefair.audit.design import Design
+from phonefair.io import ResultTables, load_tables, save_tables
+from phonefair.layers import layer_order, parse_layers
+from phonefair.settings import AnalysisSettings
+from phonefair.stats import benjamini_hochberg, cluster_bootstrap_weights, holm
 from phonefair.store.base import EmbeddingSource
 
-SPACES = ("raw", "lda")
-TABLES = ("decomposition", "shift_tests", "pairwise_shift", "speaker_variance", "variance_accuracy", "verdict",
-          "variance_tests", "gap_attribution", "problems")
+__all__ = ["TypologyResults", "analyze", "consensus_pvalue", "TABLES"]
+
+TABLES = ("decomposition", "shift_tests", "pairwise_shift", "variance_tests", "speaker_variance",
+          "variance_accuracy", "mechanism", "mechanism_components", "phone_shift", "shares", "problems")
 
 
 def _clean(v: Any) -> Any:
@@ -46,45 +53,29 @@ def _clean(v: Any) -> Any:
     return v
 
 
-
-
 @dataclass
 class TypologyResults(ResultTables):
-    """Output of :func:`analyze`: tidy tables by contract name (``decomposition``, ``shift_tests``,
-    ``pairwise_shift``, ``speaker_variance``, ``variance_accuracy``, ``verdict``) plus ``variance_tests``,
-    ``gap_attribution`` and ``problems`` (see ``docs/typology.md``), and provenance."""
+    """Output of :func:`analyze`: tidy tables by name (see :data:`TABLES` and ``docs/typology.md``) + provenance."""
 
     def summary(self) -> dict[str, Any]:
-        """Per layer and group: verdict, shift² and variance ratio with CIs, accuracy gap; significant shifts."""
-        v = self.table_map["verdict"]
+        """Per layer and group: the phone-averaged shift² and variance ratio against the consensus, with q."""
         st = self.table_map["shift_tests"]
-        layers: dict[str, Any] = {}
-        for layer, d in v.groupby("layer", sort=False):
-            layers[str(layer)] = {str(r["group"]): {
-                "verdict": r["verdict"], "shift_sq": _clean(r["shift_sq"]),
-                "variance_ratio": _clean(r["variance_ratio"]),
-                "accuracy_gap": {"estimate": _clean(r["accuracy_gap"]), "ci_low": _clean(r["accuracy_gap_ci_low"]),
-                                 "ci_high": _clean(r["accuracy_gap_ci_high"])},
-                "in_group_benefit": _clean(r["in_group_benefit"]), "evidence": r["evidence"]}
+        vt = self.table_map["variance_tests"]
+        out: dict[str, Any] = {}
+        for (layer, space), d in st[st["phone"] == "*"].groupby(["layer", "space"], sort=False):
+            v = vt[(vt["layer"] == layer) & (vt["space"] == space)].set_index("group")
+            out.setdefault(str(layer), {})[str(space)] = {
+                str(r["group"]): {"shift_sq": _clean(r["effect"]), "q_shift": _clean(r["q_value"]),
+                                  "variance_ratio": _clean(v.loc[r["group"], "variance_ratio"])
+                                  if r["group"] in v.index else None}
                 for _, r in d.iterrows()}
-        sig = st[st["significant"] & (st["phone"] != "*")]
-        counts = v.groupby("group")["verdict"].agg(lambda s: s.value_counts().to_dict()).to_dict()
-        return {"layers": layers, "verdict_counts": counts,
-                "significant_shifts": [{k: _clean(r[k]) if k == "effect" else str(r[k])
-                                        for k in ("layer", "space", "group", "phone", "effect")}
-                                       for _, r in sig.iterrows()],
-                "settings": self.provenance.get("settings", {}),
-                "n_problems": len(self.table_map.get("problems", []))}
+        return {"layers": out, "settings": self.provenance.get("settings", {})}
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``<name>.parquet`` per table and ``typology.json`` (provenance and summary)."""
-        out = Path(directory)
-        return save_tables(out, self.table_map, fmt="typology",
-                           meta={"provenance": self.provenance, "summary": self.summary()})
+        return save_tables(Path(directory), self.table_map, fmt="typology", meta={"provenance": self.provenance})
 
     @classmethod
     def load(cls, directory: str | Path) -> TypologyResults:
-        """Read what :meth:`save` wrote."""
         tables, meta = load_tables(directory, fmt="typology")
         return cls(table_map=tables, provenance=meta["provenance"])
 
@@ -93,398 +84,262 @@ class TypologyResults(ResultTables):
         return f"TypologyResults({sizes})"
 
 
-def load(directory: str | Path) -> TypologyResults:
-    """Read a directory written by :meth:`TypologyResults.save`."""
-    return TypologyResults.load(directory)
+def consensus_pvalue(pair_p: np.ndarray, n_groups: int) -> np.ndarray:
+    """Combine pairwise p-values ``[G-1, ...]`` of one group into a p-value against the median-group consensus.
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# input handling
-
-
-@dataclass
-class _Design:
-    rows: np.ndarray  # kept token rows (ascending)
-    spk_idx: np.ndarray  # per kept row
-    phone_idx: np.ndarray
-    speakers: np.ndarray  # [S]
-    phones: list[str]  # [P]
-    labels: np.ndarray  # [S] group index
-    group_names: list[str]
-    train_rows: np.ndarray  # kept rows of training speakers (for LDA), or all kept rows
-    fitted_on: str
-    problems: list[dict[str, Any]]
-
-
-def _design(source: EmbeddingSource, groups: pd.Series, *, reference: str | None, exclude_phones: Sequence[str],
-            min_speakers: int) -> _Design:
-    if not isinstance(groups, pd.Series):
-        raise TypeError(f"groups must be a pandas Series indexed by speaker, got {type(groups).__name__}")
-    tok = source.tokens
-    for col in ("speaker", "phone"):
-        if col not in tok.columns:
-            raise ValueError(f"source.tokens has no {col!r} column (columns: {list(tok.columns)})")
-    if groups.index.has_duplicates:
-        dup = groups.index[groups.index.duplicated()].unique().tolist()[:5]
-        raise ValueError(f"groups: speaker ids must be unique; duplicated: {dup}")
-    problems: list[dict[str, Any]] = []
-    spk = tok["speaker"].astype(str).to_numpy()
-    phone = tok["phone"].astype(str).to_numpy()
-    g = groups.copy()
-    g.index = g.index.astype(str)
-    missing_label = g[g.isna()].index
-    for s in missing_label:
-        problems.append({"speaker": s, "reason": "group label is missing"})
-    g = g.dropna().astype(str)
-    token_speakers = pd.unique(spk)
-    not_grouped = sorted(set(token_speakers) - set(g.index))
-    for s in not_grouped:
-        problems.append({"speaker": s, "reason": "speaker has tokens but no group in `groups`; not analysed"})
-    no_tokens = sorted(set(g.index) - set(token_speakers))
-    for s in no_tokens:
-        problems.append({"speaker": s, "group": g[s], "reason": "speaker is in `groups` but has no tokens"})
-    g = g[g.index.isin(token_speakers)]
-    sizes = g.value_counts()
-    small = sizes[sizes < min_speakers]
-    for grp, n in small.items():
-        problems.append({"group": grp, "reason": f"group has {n} speakers with tokens < min_speakers={min_speakers}; "
-                                                 "excluded from inference"})
-    g = g[~g.isin(small.index)]
-    names = sorted(g.unique().tolist())
-    if len(names) < 2:
-        raise ValueError(f"need at least 2 groups with >= min_speakers={min_speakers} speakers; got {names} "
-                         f"(group sizes: {sizes.to_dict()})")
-    if reference is not None and reference not in names:
-        raise ValueError(f"reference group {reference!r} is not among the analysed groups {names}"
-                         + (f" (excluded: fewer than {min_speakers} speakers)" if reference in small.index else ""))
-    # pandas' hash-based isin: numpy's isin on a million strings sorts them (seconds)
-    excl = pd.Series(phone).isin(set(exclude_phones)).to_numpy()
-    for p in sorted(set(phone[excl])):
-        problems.append({"phone": p, "reason": f"phone in exclude_phones: {(phone == p).sum()} tokens not analysed"})
-    keep = pd.Series(spk).isin(set(g.index)).to_numpy() & ~excl
-    rows = np.flatnonzero(keep)
-    if len(rows) == 0:
-        raise ValueError("no tokens left after removing excluded phones and ungrouped speakers")
-    speakers = np.array(sorted(g.index))
-    phones = sorted(set(phone[rows]))
-    spk_idx = pd.Index(speakers).get_indexer(spk[rows]).astype(np.int64)
-    phone_idx = pd.Index(phones).get_indexer(phone[rows]).astype(np.int64)
-    labels = np.array([names.index(g[s]) for s in speakers], dtype=np.int64)
-    fitted_on = "all speakers (no 'split' column with 'train' rows)"
-    train_rows = rows
-    if "split" in tok.columns:
-        is_train = tok["split"].astype(str).to_numpy()[rows] == "train"
-        if len(np.unique(phone_idx[is_train])) >= 2:
-            train_rows, fitted_on = rows[is_train], "train split"
-    # phones too rare to be estimated in some group: reported, not dropped (their rows carry NaN)
-    has = np.zeros((len(speakers), len(phones)), bool)
-    has[spk_idx, phone_idx] = True
-    for gi, gname in enumerate(names):
-        n = has[labels == gi].sum(0)
-        for pi in np.flatnonzero(n < 2):
-            problems.append({"group": gname, "phone": phones[pi],
-                             "reason": f"{n[pi]} speaker(s) with this phone (< 2): shift and between-speaker "
-                                       "variance undefined; phone left out of the '*' averages"})
-    return _Design(rows=rows, spk_idx=spk_idx, phone_idx=phone_idx, speakers=speakers, phones=phones, labels=labels,
-                   group_names=names, train_rows=train_rows, fitted_on=fitted_on, problems=problems)
-
-
-def _accuracy_inputs(probe_results: Any, speaker_accuracy: pd.DataFrame | None,
-                     in_group_benefit: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    if probe_results is not None:
-        t = probe_results.tables()
-        speaker_accuracy = t.get("speaker_accuracy") if speaker_accuracy is None else speaker_accuracy
-        in_group_benefit = t.get("in_group_benefit") if in_group_benefit is None else in_group_benefit
-    if speaker_accuracy is not None:
-        miss = {"layer", "speaker", "accuracy"} - set(speaker_accuracy.columns)
-        if miss:
-            raise ValueError(f"speaker_accuracy is missing columns {sorted(miss)}")
-        speaker_accuracy = speaker_accuracy.assign(layer=speaker_accuracy["layer"].astype(str),
-                                                   speaker=speaker_accuracy["speaker"].astype(str))
-    if in_group_benefit is not None:
-        miss = {"layer", "group", "delta", "q_value"} - set(in_group_benefit.columns)
-        if miss:
-            raise ValueError(f"in_group_benefit is missing columns {sorted(miss)}")
-        in_group_benefit = in_group_benefit.assign(layer=in_group_benefit["layer"].astype(str),
-                                                   group=in_group_benefit["group"].astype(str))
-    return speaker_accuracy, in_group_benefit
-
-
-def ncm_speaker_accuracy(st: SpaceStats, token_cells: np.ndarray, token_proj: np.ndarray) -> np.ndarray:
-    """Fallback per-speaker accuracy: leave-speaker-out nearest-class-mean classifier in the given space.
-
-    Class means are the unweighted means of the *other* speakers' phone means (all groups pooled), so the
-    speaker's own tokens never define the classes it is scored against. Returns ``[S]`` accuracy (NaN when a
-    speaker has no token).
+    The consensus shift of ``g`` is positive only if ``g`` differs from at least ``K = ceil(G/2)`` of the other
+    groups. Intersection–union test: reject when the ``K``-th smallest pairwise p-value is small, Bonferroni-corrected
+    over the ``G − K`` ways one true null can slip in: ``p = min(1, (G − K) · p_(K))``.
     """
-    S, P, _ = st.mean.shape
-    has = st.has
-    tot = st.mean.sum(0)  # [P, k]
-    n = has.sum(0)  # [P]
-    spk = token_cells // P
-    ph = token_cells % P
-    order = np.argsort(spk, kind="stable")
-    bounds = np.searchsorted(spk[order], np.arange(S + 1))
-    acc = np.full(S, np.nan)
-    for s in range(S):
-        rows = order[bounds[s]:bounds[s + 1]]
-        if len(rows) == 0:
-            continue
-        loo_n = n - has[s]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = (tot - st.mean[s]) / loo_n[:, None]  # [P, k]
-        x = token_proj[rows].astype(np.float64)
-        d = np.einsum("pk,pk->p", means, means)[None, :] - 2 * x @ means.T
-        d[:, loo_n <= 0] = np.inf
-        acc[s] = float(np.mean(d.argmin(1) == ph[rows]))
-    return acc
+    K = min(int(np.ceil(n_groups / 2)), n_groups - 1)
+    srt = np.sort(pair_p, axis=0)  # NaN sort last
+    return np.minimum(1.0, max(n_groups - K, 1) * srt[K - 1])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------- analyze
+def analyze(source: EmbeddingSource, design: Design, settings: AnalysisSettings | None = None, *,
+            served: Any = None, speaker_accuracy: pd.DataFrame | None = None,
+            layers: Sequence[str] | None = None, seed: int = 0, progress: bool = False,
+            lda_max_tokens: int = 50_000, lda_shrinkage: float = 0.1, chunk_rows: int = 32_768) -> TypologyResults:
+    """Random (variance) vs systematic (shift) typology of phone embeddings, per group, phone, layer and space.
 
-
-def analyze(
-    source: EmbeddingSource,
-    groups: pd.Series,
-    *,
-    reference: str | None = None,
-    layers: Sequence[str] | None = None,
-    spaces: Sequence[str] = ("raw", "lda"),
-    speaker_accuracy: pd.DataFrame | None = None,
-    in_group_benefit: pd.DataFrame | None = None,
-    probe_results: Any = None,
-    n_perm: int = 999,
-    n_boot: int = 500,
-    fdr_alpha: float = 0.05,
-    level: float = 0.95,
-    exclude_phones: Sequence[str] = ("sil",),
-    min_speakers: int = 5,
-    seed: int = 0,
-    progress: bool = True,
-    lda_max_tokens: int = 50_000,
-    lda_shrinkage: float = 0.1,
-    chunk_rows: int = 32_768,
-) -> TypologyResults:
-    """Random (variance) vs systematic (shift) error typology of phone embeddings, per group, phone and layer.
-
-    Parameters
-    ----------
-    source:
-        Any :class:`~phonefair.store.base.EmbeddingSource`; read one layer at a time, in chunks.
-    groups:
-        Speaker → group label. Speakers without a group, groups smaller than ``min_speakers`` and excluded phones
-        are reported in the ``problems`` table.
-    reference:
-        Group the shifts are measured against; ``None`` → the median-group consensus (see ``docs/typology.md``).
-    spaces:
-        ``"raw"`` (embedding space) and/or ``"lda"`` (whitened shrinkage LDA fitted on training speakers).
-    speaker_accuracy, in_group_benefit, probe_results:
-        Probe results (tables or the probes stage's result object). Without per-speaker accuracies a documented
-        fallback is used: leave-speaker-out nearest-class-mean accuracy in the LDA space.
-    n_perm, n_boot:
-        Speaker permutations per test and speaker-bootstrap replicates per CI.
+    ``design``: the validated audit design. ``served``: the :class:`~phonefair.analysis.served.ServedWorse` result
+    (its groups served worse get the mechanism tests). ``speaker_accuracy``: the probes' per-speaker accuracies
+    (columns ``layer, speaker, standardized_accuracy``) for the variance–accuracy relation.
     """
-    for sp_name in spaces:
-        if sp_name not in SPACES:
-            raise ValueError(f"unknown space {sp_name!r}; choose from {SPACES}")
-    if not spaces:
-        raise ValueError("spaces must name at least one of 'raw', 'lda'")
-    if n_perm < 1 or n_boot < 1:
-        raise ValueError(f"n_perm and n_boot must be >= 1 (got {n_perm}, {n_boot})")
-    if not 0 < fdr_alpha < 1 or not 0 < level < 1:
-        raise ValueError(f"fdr_alpha and level must be in (0, 1) (got {fdr_alpha}, {level})")
-    if min_speakers < 2:
-        raise ValueError(f"min_speakers must be >= 2 (shifts need two speakers per group), got {min_speakers}")
-    layer_list = list(source.layers) if layers is None else [str(x) for x in layers]
-    unknown = [x for x in layer_list if x not in source.layers]
-    if unknown:
-        raise ValueError(f"unknown layers {unknown}; the source has {list(source.layers)}")
-    spk_acc_in, igb = _accuracy_inputs(probe_results, speaker_accuracy, in_group_benefit)
-    des = _design(source, groups, reference=reference, exclude_phones=exclude_phones, min_speakers=min_speakers)
-    G, P, S = len(des.group_names), len(des.phones), len(des.speakers)
-    ref_idx = None if reference is None else des.group_names.index(reference)
-    need_lda = "lda" in spaces or spk_acc_in is None
-    vspace = "lda" if "lda" in spaces else spaces[0]
-
-    rows_dec, rows_test, rows_pair, rows_spk, rows_vt = [], [], [], [], []
-    problems: list[dict[str, Any]] = list(des.problems)
-    acc_frames: list[pd.DataFrame] = []
-    expo_frames: list[pd.DataFrame] = []
+    s = settings or AnalysisSettings()
+    all_layers = [str(x) for x in source.layers]
+    layer_list = layer_order(all_layers if layers is None else parse_layers(list(layers), all_layers))
+    spaces = list(s.spaces)
+    n_mech = min(s.n_perm, 1999)
+    plans = plan_mechanisms(design, served.decisions, n_perm=n_mech, seed=seed) if served is not None else []
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("decomposition", "tests", "pairwise", "variance",
+                                                             "speaker")}
+    problems: list[dict[str, Any]] = [dict(r) for r in design.problems.to_dict("records")]
     lda_info: dict[str, Any] = {}
+    n_perm_used: list[int] = []
     it: Any = layer_list
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(layer_list, desc="typology", unit="layer")
-    for li, layer in enumerate(it):
-        lseed = seed + 1009 * li
-        samp = sample_rows(des.train_rows, lda_max_tokens, lseed)
-        pos = np.searchsorted(des.rows, samp)
-        Xs = np.asarray(source.read(layer, samp), dtype=np.float32)
-        fin = np.isfinite(Xs).all(1)
-        if not fin.all():
-            Xs, samp, pos = Xs[fin], samp[fin], pos[fin]
-        centre = phone_centres(Xs, des.phone_idx[pos], P)
-        projections: dict[str, np.ndarray | None] = {}
-        if "raw" in spaces:
-            projections["raw"] = None
-        if need_lda:
-            W, ev = fit_lda(Xs - centre[des.phone_idx[pos]].astype(np.float32), des.phone_idx[pos], P,
-                            shrinkage=lda_shrinkage)
-            projections["lda"] = W
-            lda_info[layer] = {"n_components": int(W.shape[1]), "n_tokens": len(samp), "fitted_on": des.fitted_on,
-                               "top_eigenvalues": [float(x) for x in ev[:5]]}
-        del Xs
-        ls: LayerStats = accumulate_layer(source, layer, des.rows, des.spk_idx, des.phone_idx, S, P, centre=centre,
-                                          projections=projections, chunk_rows=chunk_rows,
-                                          keep_tokens="lda" if spk_acc_in is None else None)
+        it = tqdm(layer_list, desc="typology", unit="layer", leave=False)
+    for layer in it:
+        ls, info = _layer_stats(source, design, layer, spaces, seed=seed, lda_max_tokens=lda_max_tokens,
+                                lda_shrinkage=lda_shrinkage, chunk_rows=chunk_rows)
+        lda_info[layer] = info
         if ls.nonfinite_rows is not None and len(ls.nonfinite_rows):
-            bad = ls.nonfinite_rows
-            problems.append({"layer": layer, "reason": f"{len(bad)} token rows hold NaN/inf and were not analysed "
-                                                       f"(first rows: {bad[:10].tolist()})"})
-        onehot = (des.labels[None, :] == np.arange(G)[:, None]).astype(np.float64)
-        if spk_acc_in is None:
-            acc = ncm_speaker_accuracy(ls.spaces["lda"], ls.token_cells, ls.token_proj)  # type: ignore[arg-type]
-            acc_frames.append(pd.DataFrame({"layer": layer, "speaker": des.speakers,
-                                            "group": [des.group_names[i] for i in des.labels], "accuracy": acc}))
-        ls.token_proj = None
+            problems.append({"reason": f"layer {layer}: {len(ls.nonfinite_rows)} token rows hold NaN/inf and were "
+                                       f"not analysed (first rows: {ls.nonfinite_rows[:10].tolist()})"})
         for space in spaces:
             st = ls.spaces[space]
-            r: SpaceResult = analyze_space(st, des.labels, G, ref=ref_idx, n_perm=n_perm, n_boot=n_boot, seed=lseed,
-                                           level=level)
-            _rows_for_space(rows_dec, rows_test, rows_pair, rows_vt, layer, space, r, des, ref_idx)
-            disp = speaker_dispersion(st, onehot[None], phone_scale(st))[0]
-            n_tok = st.count.sum(1)
-            for i, s in enumerate(des.speakers):
-                rows_spk.append({"layer": layer, "space": space, "speaker": s, "group": des.group_names[des.labels[i]],
-                                 "variance": disp[i], "n_tokens": int(n_tok[i])})
-            if space == vspace:
-                shift_pos = np.where(np.isnan(r.shift), 0.0, np.maximum(r.shift, 0.0))  # [G, P]
-                cnt = st.count.astype(float)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    expo = (cnt * shift_pos[des.labels]).sum(1) / cnt.sum(1)
-                expo_frames.append(pd.DataFrame({"layer": layer, "speaker": des.speakers, "exposure": expo}))
+            scale = phone_scale(st)
+            gen = rng.derive(seed, "typology", layer, space)
+            n_perm_used += _describe(st, design, layer, space, scale, rows, n_perm=s.n_perm, n_boot=s.n_boot,
+                                     level=s.level, gen=gen)
+            for plan in plans:
+                if layer in plan.layers or layer == plan.peak_layer:
+                    plan.collect(layer, space, st, scale, design.phones, n_boot=s.n_boot, level=s.level, seed=seed)
         del ls
 
-    prov = {"stage": "phonefair.analysis.analyze", "seed": seed,
-            "settings": {"reference": reference, "consensus": "median group" if reference is None else None,
-                         "layers": layer_list, "spaces": list(spaces), "n_perm": n_perm, "n_boot": n_boot,
-                         "fdr_alpha": fdr_alpha, "level": level, "exclude_phones": list(exclude_phones),
-                         "min_speakers": min_speakers, "lda_max_tokens": lda_max_tokens,
-                         "lda_shrinkage": lda_shrinkage, "verdict_space": vspace,
-                         "accuracy_source": "given" if spk_acc_in is not None else
-                         "fallback: leave-speaker-out nearest-class-mean in LDA space"},
-            "groups": des.group_names, "n_speakers": S, "n_phones": P, "n_tokens": int(len(des.rows)),
-            "lda": lda_info, "source": dict(getattr(source, "provenance", {}) or {})}
-
-    dec = pd.DataFrame(rows_dec)
-    tests = pd.DataFrame(rows_test)
-    vt = pd.DataFrame(rows_vt)
-    for frame, fam in ((tests, ["space", "omnibus"]), (vt, ["space"])):
+    tests = pd.DataFrame(rows["tests"])
+    vt = pd.DataFrame(rows["variance"])
+    # per-phone shift tests ("where"): Benjamini–Hochberg across layers × groups × phones. The phone-averaged
+    # tests and the variance tests say something about a whole group: Holm (family-wise), so that one strongly
+    # shifted group cannot carry an unshifted one over the threshold (as BH would, its p-values being tiny)
+    for frame, fam, method in ((tests, ["space", "omnibus"], None), (vt, ["space"], "holm")):
+        if frame.empty:
+            continue
         frame["q_value"] = np.nan
-        for _, sub in frame.groupby(fam):
-            q, _rej = benjamini_hochberg(sub["p_value"].to_numpy(), fdr_alpha)
+        for (key), sub in frame.groupby(fam):
+            omnibus = bool(key[1]) if isinstance(key, tuple) and len(key) > 1 else False
+            if method == "holm" or omnibus:
+                q = holm(sub["p_value"].to_numpy())
+            else:
+                q, _ = benjamini_hochberg(sub["p_value"].to_numpy(), s.fdr_alpha)
             frame.loc[sub.index, "q_value"] = q
-        frame["significant"] = (frame["q_value"] <= fdr_alpha).fillna(False).astype(bool)
-    tests = tests.drop(columns="omnibus")
-    spk_var = pd.DataFrame(rows_spk)
-    spk_acc = pd.concat(acc_frames, ignore_index=True) if spk_acc_in is None else spk_acc_in
-    if "group" not in spk_acc.columns:
-        spk_acc = spk_acc.assign(group=spk_acc["speaker"].map(dict(zip(des.speakers,
-                                                                      [des.group_names[i] for i in des.labels]))))
-
-    va_rows, verdict_rows, gap_rows = [], [], []
-    for layer in layer_list:
-        acc_l = spk_acc[spk_acc["layer"] == layer][["speaker", "group", "accuracy"]]
-        acc_l = acc_l.assign(group=acc_l["group"].astype(str))
-        for space in spaces:
-            sv = spk_var[(spk_var["layer"] == layer) & (spk_var["space"] == space)]
-            va = variance_accuracy(sv[["speaker", "group", "variance"]], acc_l, n_boot=n_boot, seed=seed, level=level)
+        level = np.where(frame.get("omnibus", pd.Series(True, index=frame.index)).astype(bool), s.alpha,
+                         s.fdr_alpha)
+        frame["significant"] = (frame["q_value"] <= level).fillna(False).astype(bool)
+    if not tests.empty:
+        tests = tests.drop(columns="omnibus")
+    spk_var = pd.DataFrame(rows["speaker"])
+    va_rows = []
+    if speaker_accuracy is not None and len(spk_var):
+        acc = speaker_accuracy.assign(layer=speaker_accuracy["layer"].astype(str))
+        col = "standardized_accuracy" if "standardized_accuracy" in acc.columns else "accuracy"
+        for (layer, space), sv in spk_var.groupby(["layer", "space"], sort=False):
+            a = acc[acc["layer"] == layer][["speaker", col]].rename(columns={col: "accuracy"})
+            va = variance_accuracy(sv[["speaker", "group", "variance"]], a, n_boot=s.n_boot,
+                                   seed=rng.derive_seed(seed, "va", layer, space), level=s.level)
             va_rows.append({"layer": layer, "space": space, **va})
-        gaps = accuracy_gaps(acc_l, des.group_names, reference, n_boot=n_boot, seed=seed, level=level)
-        sv = spk_var[(spk_var["layer"] == layer) & (spk_var["space"] == vspace)]
-        ex = expo_frames[layer_list.index(layer)]
-        joint = sv[["speaker", "group", "variance"]].merge(acc_l[["speaker", "accuracy"]], on="speaker").merge(
-            ex[["speaker", "exposure"]], on="speaker")
-        ga = gap_attribution(joint, des.group_names, reference)
-        gap_rows.append(ga.assign(layer=layer))
-        for g in des.group_names:
-            tm = tests[(tests["layer"] == layer) & (tests["space"] == vspace) & (tests["group"] == g)
-                       & (tests["phone"] == "*")]
-            t = tm.iloc[0] if len(tm) else pd.Series({"effect": np.nan, "q_value": np.nan, "significant": False})
-            v = vt[(vt["layer"] == layer) & (vt["space"] == vspace) & (vt["group"] == g)].iloc[0]
-            gp = gaps[gaps["group"] == g].iloc[0]
-            ib_delta, ib_q = np.nan, np.nan
-            if igb is not None:
-                m = igb[(igb["layer"] == layer) & (igb["group"] == g)]
-                if len(m):
-                    ib_delta, ib_q = float(m["delta"].iloc[0]), float(m["q_value"].iloc[0])
-            is_ref = reference is not None and g == reference
-            sys_test = bool(t["significant"]) and t["effect"] > 0
-            igb_sig = bool(ib_q <= fdr_alpha and ib_delta > 0)
-            rnd = bool(v["significant"]) and v["variance_ratio"] > 1
-            verdict_rows.append({
-                "layer": layer, "group": g,
-                "verdict": "no detectable disadvantage" if is_ref else decide(sys_test=sys_test, igb_sig=igb_sig,
-                                                                               rnd_test=rnd),
-                "accuracy_gap": gp["accuracy_gap"], "accuracy_gap_ci_low": gp["ci_low"],
-                "accuracy_gap_ci_high": gp["ci_high"], "shift_sq": t["effect"], "variance_ratio": v["variance_ratio"],
-                "in_group_benefit": ib_delta,
-                "evidence": evidence_text(shift_sq=t["effect"], q_shift=t["q_value"], ratio=v["variance_ratio"],
-                                          q_var=v["q_value"], igb=ib_delta, igb_q=ib_q, gap=gp["accuracy_gap"],
-                                          gap_lo=gp["ci_low"], gap_hi=gp["ci_high"], alpha=fdr_alpha,
-                                          is_reference=is_ref)})
-
-    tables = {
-        "decomposition": dec, "shift_tests": tests, "pairwise_shift": pd.DataFrame(rows_pair),
-        "speaker_variance": spk_var, "variance_accuracy": pd.DataFrame(va_rows),
-        "verdict": pd.DataFrame(verdict_rows), "variance_tests": vt,
-        "gap_attribution": pd.concat(gap_rows, ignore_index=True)[
-            ["layer", "group", "accuracy_gap", "explained_by_variance", "explained_by_shift", "residual", "r2",
-             "beta_variance", "beta_shift", "n_speakers"]],
-        "problems": pd.DataFrame(problems, columns=["layer", "space", "group", "phone", "speaker", "reason"]),
-    }
+    mech = mechanism_tables(plans, design, alpha=s.alpha, fdr_alpha=s.fdr_alpha)
+    floor = 1.0 / (s.n_perm + 1)
+    family = int(tests["p_value"].notna().sum()) if len(tests) else 0
+    notes = []
+    if family and floor > s.fdr_alpha / max(family, 1):
+        k = int(np.ceil(floor * family / s.fdr_alpha))
+        notes.append(f"descriptive shift tests: the smallest attainable p ({floor:.2g}, n_perm={s.n_perm}) exceeds "
+                     f"the first Benjamini–Hochberg threshold ({s.fdr_alpha / family:.2g}) over {family} tests: at "
+                     f"least {k} tests at the floor are needed before any passes; raise [analysis] n_perm")
+    prov = {"stage": "phonefair.analysis.analyze", "seed": seed,
+            "settings": {**s.to_dict(), "layers": layer_list, "lda_max_tokens": lda_max_tokens,
+                         "lda_shrinkage": lda_shrinkage, "reference": design.reference,
+                         "consensus": "median over the other groups (pairwise)" if design.reference is None
+                         else None, "mechanism_permutations": n_mech},
+            "design": design.summary(), "lda": lda_info, "notes": notes,
+            "permutations": {"median": float(np.median(n_perm_used)) if n_perm_used else None,
+                             "max": int(np.max(n_perm_used)) if n_perm_used else None},
+            "source": dict(getattr(source, "provenance", {}) or {})}
+    tables = {"decomposition": pd.DataFrame(rows["decomposition"]), "shift_tests": tests,
+              "pairwise_shift": pd.DataFrame(rows["pairwise"]), "variance_tests": vt, "speaker_variance": spk_var,
+              "variance_accuracy": pd.DataFrame(va_rows, columns=["layer", "space", "rho", "ci_low", "ci_high",
+                                                                  "n_speakers", "rank_agreement"]),
+              **mech,
+              "problems": pd.DataFrame(problems, columns=["speaker", "group", "phone", "reason"])}
     for name, df in tables.items():
         df.attrs = {"provenance": {**prov, "table": name}}
     return TypologyResults(table_map=tables, provenance=prov)
 
 
-def _rows_for_space(dec: list[dict[str, Any]], tests: list[dict[str, Any]], pair: list[dict[str, Any]],
-                    vt: list[dict[str, Any]], layer: str, space: str, r: SpaceResult, des: _Design,
-                    ref_idx: int | None) -> None:
-    D = r.dim
-    names = des.group_names
+def _layer_stats(source: EmbeddingSource, design: Design, layer: str, spaces: list[str], *, seed: int,
+                 lda_max_tokens: int, lda_shrinkage: float, chunk_rows: int) -> tuple[LayerStats, dict[str, Any]]:
+    """Per-(speaker, phone) statistics of one layer in every space (raw and/or LDA)."""
+    t = design.tokens
+    rows = t["row"].to_numpy()
+    pidx = t["phone_idx"].to_numpy()
+    P, S = len(design.phones), design.n_speakers
+    samp_pos = np.searchsorted(rows, sample_rows(rows, lda_max_tokens, rng.derive_seed(seed, "lda", layer)))
+    Xs = np.asarray(source.read(layer, rows[samp_pos]), dtype=np.float32)
+    fin = np.isfinite(Xs).all(1)
+    Xs, samp_pos = Xs[fin], samp_pos[fin]
+    centre = phone_centres(Xs, pidx[samp_pos], P)
+    projections: dict[str, np.ndarray | None] = {}
+    info: dict[str, Any] = {}
+    if "raw" in spaces:
+        projections["raw"] = None
+    if "lda" in spaces:
+        W, ev = fit_lda(Xs - centre[pidx[samp_pos]].astype(np.float32), pidx[samp_pos], P, shrinkage=lda_shrinkage)
+        projections["lda"] = W
+        info = {"n_components": int(W.shape[1]), "n_tokens": int(len(samp_pos)),
+                "fitted_on": "all analysed speakers (phone labels only)", "top_eigenvalues": [float(x) for x in ev[:5]]}
+    del Xs
+    ls = accumulate_layer(source, layer, rows, t["speaker_idx"].to_numpy(), pidx, S, P, centre=centre,
+                          projections=projections, chunk_rows=chunk_rows)
+    return ls, info
+
+
+def _describe(st: SpaceStats, design: Design, layer: str, space: str, scale: np.ndarray,
+              rows: dict[str, list[dict[str, Any]]], *, n_perm: int, n_boot: int, level: float,
+              gen: np.random.Generator) -> list[int]:
+    """Decomposition, pairwise shifts, tests and speaker variance of every group in one (layer, space)."""
+    G, S, P = design.n_groups, design.n_speakers, len(design.phones)
+    labels = design.speaker_group
+    names = design.group_names
+    ref = None if design.reference is None else names.index(design.reference)
+    onehot = (labels[None, :] == np.arange(G)[:, None]).astype(np.float64)
+    members = [np.flatnonzero(labels == g) for g in range(G)]
+    N_obs = onehot @ st.has
+    common = (N_obs >= 2).all(0)
+    obs = _summaries(st, onehot[None], ref, common, members)
+    c0 = obs["components"]
+
+    # ---- tests: pairwise, labels shuffled among the two groups' speakers only
+    pairs = [(g, ref) for g in range(G) if g != ref] if ref is not None else \
+        [(g, h) for g in range(G) for h in range(g + 1, G)]
+    pp = np.full((G, G, P), np.nan)
+    pps = np.full((G, G), np.nan)
+    pv = np.full((G, G), np.nan)
+    used: list[int] = []
+    for g, h in pairs:
+        idx = np.flatnonzero((labels == g) | (labels == h))
+        sub = subset(st, idx)
+        lab = labels[idx] == g
+        com = (sub.has[lab].sum(0) >= 2) & (sub.has[~lab].sum(0) >= 2)
+        r = permutation_test(sub, lab, com, scale, n_max=n_perm, gen=gen)
+        pp[g, h] = pp[h, g] = r.p_phone
+        pps[g, h] = pps[h, g] = r.p_star[0]
+        pv[g, h], pv[h, g] = r.p_var_a[0], r.p_var_b[0]
+        used += r.n_perm.tolist()
+    if ref is None:
+        others = [[h for h in range(G) if h != g] for g in range(G)]
+        p = np.stack([consensus_pvalue(pp[g, others[g]], G) for g in range(G)])
+        p_star = np.array([consensus_pvalue(pps[g, others[g]], G) for g in range(G)])
+        ratio_p = np.array([consensus_pvalue(pv[g, others[g]], G) for g in range(G)])
+    else:
+        p, p_star, ratio_p = pp[:, ref], pps[:, ref], pv[:, ref]
+
+    # ---- speaker bootstrap within groups (intervals)
+    _, Wb = cluster_bootstrap_weights(np.arange(S), n_boot, seed=int(gen.integers(2**31)), strata=labels)
+    reps = [_summaries(st, Wb[a:a + 100][:, None, :] * onehot[None], ref, common, members)
+            for a in range(0, n_boot, 100)]
+    sh_b = np.concatenate([r["shift"] for r in reps])
+    ss_b = np.concatenate([r["shift_star"] for r in reps])
+    lr_b = np.concatenate([r["logratio"] for r in reps])
+    sh_lo, sh_hi = percentile(sh_b, level)
+    ss_lo, ss_hi = percentile(ss_b, level)
+    lr_lo, lr_hi = percentile(lr_b, level)
+
+    D = st.dim
+    vtot = c0.between[0] + c0.within[0]  # [G, P] per-dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a phone no group has: NaN, left out of the averages
+        vref = np.nanmedian(vtot, axis=0) if ref is None else vtot[ref]
     for gi, g in enumerate(names):
-        n_spk = int((des.labels == gi).sum())
-        for pi, p in enumerate([*des.phones, "*"]):
-            if p == "*":
-                sh, lo, hi = r.shift_star[gi], r.shift_star_ci[0][gi], r.shift_star_ci[1][gi]
-                with np.errstate(invalid="ignore"):
-                    bv = np.nanmean(r.between[gi][r.common]) if r.common.any() else np.nan
-                    wv = np.nanmean(r.within[gi][r.common]) if r.common.any() else np.nan
-                ns, nt, pv = n_spk, int(np.nansum(r.tokens[gi])), r.p_star[gi]
+        n_spk = int((labels == gi).sum())
+        for pi, ph in enumerate([*design.phones, "*"]):
+            if ph == "*":
+                sh, lo, hi = obs["shift_star"][0, gi], ss_lo[gi], ss_hi[gi]
+                bv, wv = nanmean_last(c0.between[0, gi], common), nanmean_last(c0.within[0, gi], common)
+                ex = D * (nanmean_last(vtot[gi], common) - nanmean_last(vref, common))
+                ns, nt, pval = n_spk, int(np.nansum(c0.tokens[0, gi])), p_star[gi]
             else:
-                sh, lo, hi = r.shift[gi, pi], r.shift_ci[0][gi, pi], r.shift_ci[1][gi, pi]
-                bv, wv = r.between[gi, pi], r.within[gi, pi]
-                ns, nt, pv = int(r.N[gi, pi]), int(r.tokens[gi, pi]), r.p[gi, pi]
+                sh, lo, hi = obs["shift"][0, gi, pi], sh_lo[gi, pi], sh_hi[gi, pi]
+                bv, wv = c0.between[0, gi, pi], c0.within[0, gi, pi]
+                ex = D * (vtot[gi, pi] - vref[pi])
+                ns, nt, pval = int(c0.N[0, gi, pi]), int(c0.tokens[0, gi, pi]), p[gi, pi]
             shp = 0.0 if np.isnan(sh) else max(sh, 0.0)
-            rand = D * (max(bv, 0.0) + wv) if not np.isnan(bv) and not np.isnan(wv) else np.nan
-            tot = shp + rand
-            dec.append({"layer": layer, "space": space, "group": g, "phone": p, "shift_sq": sh, "shift_ci_low": lo,
-                        "shift_ci_high": hi, "between_speaker_var": bv, "within_speaker_var": wv,
-                        "share_systematic": shp / tot if tot > 0 else np.nan,
-                        "share_random": rand / tot if tot > 0 else np.nan, "n_speakers": ns, "n_tokens": nt})
-            if gi != ref_idx:
-                tests.append({"layer": layer, "space": space, "group": g, "phone": p, "effect": sh, "p_value": pv,
-                              "omnibus": p == "*"})
-        vt.append({"layer": layer, "space": space, "group": g, "variance_ratio": r.ratio[gi],
-                   "ci_low": r.ratio_ci[0][gi], "ci_high": r.ratio_ci[1][gi],
-                   "p_value": np.nan if gi == ref_idx else r.ratio_p[gi]})
-    for pi, p in enumerate([*des.phones, "*"]):
-        M = r.D_star if p == "*" else r.D[:, :, pi]
+            exp_ = 0.0 if np.isnan(ex) else max(ex, 0.0)
+            rows["decomposition"].append({
+                "layer": layer, "space": space, "group": g, "phone": ph, "shift_sq": sh, "shift_ci_low": lo,
+                "shift_ci_high": hi, "between_speaker_var": bv, "within_speaker_var": wv,
+                "random_sq": D * (bv + wv) if np.isfinite(bv) and np.isfinite(wv) else np.nan,
+                "excess_random_sq": ex,
+                "share_systematic": shp / (shp + exp_) if shp + exp_ > 0 else np.nan,
+                "n_speakers": ns, "n_tokens": nt, "dim": D})
+            if gi != ref:
+                rows["tests"].append({"layer": layer, "space": space, "group": g, "phone": ph, "effect": sh,
+                                      "p_value": pval, "omnibus": ph == "*"})
+        rows["variance"].append({"layer": layer, "space": space, "group": g,
+                                 "variance_ratio": float(np.exp(obs["logratio"][0, gi])),
+                                 "ci_low": float(np.exp(lr_lo[gi])), "ci_high": float(np.exp(lr_hi[gi])),
+                                 "p_value": np.nan if gi == ref else ratio_p[gi]})
+    for pi, ph in enumerate([*design.phones, "*"]):
+        M = obs["d_star"][0] if ph == "*" else c0.D[0, :, :, pi]
         for a, ga in enumerate(names):
             for b, gb in enumerate(names):
-                pair.append({"layer": layer, "space": space, "phone": p, "group_a": ga, "group_b": gb,
-                             "dist_sq": M[a, b]})
+                rows["pairwise"].append({"layer": layer, "space": space, "phone": ph, "group_a": ga, "group_b": gb,
+                                         "dist_sq": M[a, b]})
+    disp = speaker_dispersion(st, onehot[None], scale)[0]
+    n_tok = st.count.sum(1)
+    for i, spk in enumerate(design.speakers):
+        rows["speaker"].append({"layer": layer, "space": space, "speaker": spk, "group": names[labels[i]],
+                                "variance": disp[i], "n_tokens": int(n_tok[i])})
+    return used
 
 
-__all__ = ["TypologyResults", "analyze", "load", "ncm_speaker_accuracy"]
+def _summaries(st: SpaceStats, w: np.ndarray, ref: int | None, common: np.ndarray,
+               members: list[np.ndarray]) -> dict[str, Any]:
+    """Consensus (or reference) shift and log variance ratio for a batch of within-group weights ``w [b, G, S]``."""
+    c = components(group_moments(st, w, members=members))
+    d_star = nanmean_last(c.D, common)  # [b, G, G]
+    V = c.between + c.within
+    vbar = nanmean_last(V, common)
+    if ref is None:
+        shift, shift_star = consensus(c.D), consensus(d_star[..., None])[..., 0]
+    else:
+        shift, shift_star = c.D[:, :, ref, :].copy(), d_star[:, :, ref].copy()
+        shift[:, ref], shift_star[:, ref] = np.nan, np.nan
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        denom = np.nanmedian(vbar, axis=1, keepdims=True) if ref is None else vbar[:, ref:ref + 1]
+        logratio = np.log(vbar / denom)
+    return {"shift": shift, "shift_star": shift_star, "logratio": logratio, "d_star": d_star, "components": c}

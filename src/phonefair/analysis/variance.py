@@ -26,22 +26,22 @@ from phonefair.analysis.sufficient import SpaceStats
 from phonefair.stats import cluster_bootstrap_weights, percentile_ci, spearman
 
 
-def phone_scale(st: SpaceStats, K: np.ndarray | None = None) -> np.ndarray:
+def phone_scale(st: SpaceStats) -> np.ndarray:
     """Label-free per-phone scale ``r̄_p`` (``[P]``): the mean ``r_sp`` with all speakers as one group."""
     w = np.ones((1, 1, st.mean.shape[0]))
-    r = _r_sp(st, w, K)[0]  # [S, P]
+    r = _r_sp(st, w)[0]  # [S, P]
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out = np.nanmean(np.where(st.count > 0, r, np.nan), axis=0)
     return out
 
 
-def _r_sp(st: SpaceStats, w: np.ndarray, K: np.ndarray | None = None, m: Moments | None = None) -> np.ndarray:
+def _r_sp(st: SpaceStats, w: np.ndarray, m: Moments | None = None) -> np.ndarray:
     """``r_sp`` for 0/1 group indicators ``w [b, G, S]`` → ``[b, S, P]`` (NaN where undefined)."""
     b, G, S = w.shape
     D = st.mean.shape[2]
     if m is None or m.XS is None:
-        m = group_moments(st, w, K=K, speaker_dots=True)
+        m = group_moments(st, w, speaker_dots=True)
     N = m.N
     norm2 = np.einsum("bggp->bgp", m.C)
     k = w.argmax(1)  # [b, S] group of each speaker in each replicate
@@ -67,8 +67,7 @@ def _r_sp(st: SpaceStats, w: np.ndarray, K: np.ndarray | None = None, m: Moments
     return np.where(ok, r, np.nan)
 
 
-def speaker_dispersion(st: SpaceStats, w: np.ndarray, scale: np.ndarray, K: np.ndarray | None = None,
-                       m: Moments | None = None) -> np.ndarray:
+def speaker_dispersion(st: SpaceStats, w: np.ndarray, scale: np.ndarray, m: Moments | None = None) -> np.ndarray:
     """Normalised phoneme variance per speaker for 0/1 group indicators ``w [b, G, S]`` → ``[b, S]``.
 
     Computed for every replicate at once without materialising ``r_sp`` per replicate: ``r_sp`` is affine in
@@ -78,7 +77,7 @@ def speaker_dispersion(st: SpaceStats, w: np.ndarray, scale: np.ndarray, K: np.n
     b, G, S = w.shape
     D = st.mean.shape[2]
     if m is None or m.XS is None:
-        m = group_moments(st, w, K=K, speaker_dots=True)
+        m = group_moments(st, w, speaker_dots=True)
     N = m.N
     norm2 = np.einsum("bggp->bgp", m.C)
     cnt = st.count.astype(np.float64)

@@ -1,119 +1,154 @@
-"""Joint view: per-group accuracy gap, what shift and spread account for, and the verdict per (layer, group).
+"""The verdict per group: *served worse?* first, then *why?* — one vocabulary, defined once.
 
-Verdict rule (each label is backed by tests, not by a threshold on an estimate):
+=========================================  =====================================================================
+verdict                                    meaning
+=========================================  =====================================================================
+``not served worse``                       no other group is significantly more accurate on this group's speakers
+                                           at any layer (family-wise ``alpha``); the minimum detectable gap says
+                                           how large a gap could have gone unnoticed
+``served worse: systematic``               served worse, and its phone embeddings are shifted against the groups it
+                                           is served worse than (shift test significant; spread test not)
+``served worse: random``                   served worse, and its phone embeddings are more scattered (spread test
+                                           significant; shift test not)
+``served worse: systematic and random``    both tests significant; ``share_systematic`` says which dominates
+``served worse: unexplained``              served worse, but neither a shift nor a larger spread is detected
+=========================================  =====================================================================
 
-* *systematic* evidence: the phone-averaged shift test against the reference is significant after FDR control
-  (``shift_tests`` row with ``phone == "*"``), **or** the probes' in-group benefit is significantly positive
-  (behavioural evidence: a probe trained on the group beats the pooled probe on it);
-* *random* evidence: the speaker-level variance test (group more variable than the reference) is significant after
-  FDR control;
-* both → ``"both"``; one → ``"systematic-dominant"`` / ``"random-dominant"``; none → ``"no detectable
-  disadvantage"``. The evidence text gives the numbers, the accuracy gap with its CI, and flags a significant
-  accuracy gap that neither mechanism explains.
+A shift or spread of a group that is *not* served worse costs no measured accuracy: it is reported in the
+``representational`` column (e.g. "shifted (no accuracy cost)"), never as a disadvantage. The in-group benefit (a
+probe trained only on the group beats the size-matched pooled probe on it) is reported beside the verdict as
+behavioural corroboration of a shift; it does not decide the label, because its small-sample test is weaker than
+the embedding-level permutation tests.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from phonefair.stats import cluster_bootstrap_weights, percentile_ci
+__all__ = ["VERDICTS", "verdict_table", "headline_layer", "sentence"]
+
+VERDICTS = ("not served worse", "served worse: systematic", "served worse: random",
+            "served worse: systematic and random", "served worse: unexplained")
 
 
-def accuracy_gaps(acc: pd.DataFrame, groups: list[str], reference: str | None, *, n_boot: int, seed: int,
-                  level: float) -> pd.DataFrame:
-    """Per group: ``gap = accuracy(reference) − accuracy(group)`` (mean over speakers), with a speaker-bootstrap CI.
+def headline_layer(speaker_accuracy: pd.DataFrame, metric: str = "standardized_accuracy") -> str | None:
+    """The layer with the highest mean speaker accuracy (chosen without group labels, so tests there stay exact)."""
+    if speaker_accuracy is None or speaker_accuracy.empty:
+        return None
+    m = speaker_accuracy.assign(layer=speaker_accuracy["layer"].astype(str)).groupby("layer", sort=False)[metric].mean()
+    return str(m.idxmax()) if m.notna().any() else None
 
-    The reference accuracy is the reference group's, or by default the median of the group mean accuracies (the
-    same median-group consensus as the shifts). ``acc`` has ``speaker, group, accuracy``.
-    """
-    a = acc.dropna(subset=["accuracy"])
-    a = a[a["group"].isin(groups)]
+
+def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFrame | None = None, *,
+                  headline: str | None, alpha: float, phone_gaps: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per group: verdict, where, why, with the numbers a reader quotes (see the module docstring)."""
+    dec = served.decisions.set_index("group")
+    gaps = served.gaps.assign(layer=served.gaps["layer"].astype(str))
+    mech = pd.DataFrame() if typology is None else typology["mechanism"].set_index("group") \
+        if len(typology["mechanism"]) else pd.DataFrame()
+    shares = pd.DataFrame() if typology is None else typology["shares"]
+    pw = served.pairwise
     rows = []
-    if a.empty or a["group"].nunique() < 2:
-        return pd.DataFrame({"group": groups, "accuracy_gap": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                             "accuracy": np.nan})
-    gi = a["group"].map({g: i for i, g in enumerate(groups)}).to_numpy()
-    x = a["accuracy"].to_numpy(dtype=float)
-    onehot = (gi[None, :] == np.arange(len(groups))[:, None]).astype(float)
-    _, W = cluster_bootstrap_weights(a["speaker"].to_numpy(), n_boot, seed=seed, strata=gi)
+    for g, d in dec.iterrows():
+        layer = d["peak_layer"] if d["served_worse"] else headline
+        gp = gaps[(gaps["group"] == g) & (gaps["layer"] == str(layer))]
+        gr = gp.iloc[0] if len(gp) else pd.Series(dtype=float)
+        worse = pw[(pw["group"] == g) & (pw["t"] > 0)]
+        row: dict[str, Any] = {
+            "group": g, "served_worse": bool(d["served_worse"]), "verdict": "not served worse", "mechanism": None,
+            "worse_than": d["worse_than"] or None, "better_than": d["better_than"] or None,
+            "layers": d["layers"] or None, "layer": layer, "phones": None,
+            "accuracy": gr.get("accuracy", np.nan), "gap": gr.get("gap", np.nan),
+            "gap_ci_low": gr.get("gap_ci_low", np.nan), "gap_ci_high": gr.get("gap_ci_high", np.nan),
+            "mde": np.nan if d["served_worse"] else gr.get("mde", np.nan),
+            "p_served_worse": float(worse["p_adjusted"].min()) if len(worse) else 1.0,
+            "p_systematic": np.nan, "p_random": np.nan, "evidence": None,
+            "share_systematic": np.nan, "share_ci_low": np.nan, "share_ci_high": np.nan,
+            "in_group_benefit": np.nan, "igb_ci_low": np.nan, "igb_ci_high": np.nan,
+            "representational": None, "is_reference": bool(d["is_reference"])}
+        if d["served_worse"] and g in mech.index:
+            m = mech.loc[g]
+            sys_, rnd = bool(m["systematic_significant"]), bool(m["random_significant"])
+            kind = "systematic and random" if sys_ and rnd else "systematic" if sys_ else "random" if rnd \
+                else "unexplained"
+            row.update(verdict=f"served worse: {kind}", mechanism=kind, p_systematic=m["p_adj_systematic"],
+                       p_random=m["p_adj_random"],
+                       evidence="; ".join(x for x in (
+                           f"shift carried by {m['systematic_evidence']}" if sys_ else None,
+                           f"spread carried by {m['random_evidence']}" if rnd else None) if x))
+            sh = shares[(shares["group"] == g) & (shares["space"] == "lda")] if len(shares) else shares
+            if len(sh) == 0 and len(shares):
+                sh = shares[shares["group"] == g]
+            if len(sh):
+                r = sh.iloc[0]
+                row.update(share_systematic=r["share_systematic"], share_ci_low=r["share_systematic_ci_low"],
+                           share_ci_high=r["share_systematic_ci_high"])
+        elif d["served_worse"]:
+            row.update(verdict="served worse: unexplained", mechanism="unexplained")
+        if phone_gaps is not None and len(phone_gaps) and d["served_worse"]:
+            pg = phone_gaps[(phone_gaps["group"] == g) & phone_gaps["significant"]].sort_values("gap",
+                                                                                                ascending=False)
+            row["phones"] = ", ".join(pg["phone"].astype(str).head(5)) or None
+        if in_group_benefit is not None and len(in_group_benefit) and layer is not None:
+            ib = in_group_benefit[(in_group_benefit["group"] == g)
+                                  & (in_group_benefit["layer"].astype(str) == str(layer))]
+            if len(ib):
+                row.update(in_group_benefit=ib["delta"].iloc[0], igb_ci_low=ib["ci_low"].iloc[0],
+                           igb_ci_high=ib["ci_high"].iloc[0])
+        if not d["served_worse"] and typology is not None and headline is not None:
+            row["representational"] = _representational(typology, g, headline)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["sentence"] = [sentence(r) for r in out.to_dict("records")]
+    return out
 
-    def gaps(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wg = w[:, None, :] * onehot[None]  # [b, G, n]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = (wg * x).sum(2) / wg.sum(2)
-        if reference is None:
-            ref = np.nanmedian(means, axis=1, keepdims=True)
+
+def _representational(typology: Any, group: str, layer: str) -> str | None:
+    """A shift / spread of a group that is not served worse (descriptive FDR-controlled tests at the headline
+    layer), worded so that it never reads as a disadvantage."""
+    st = typology["shift_tests"]
+    vt = typology["variance_tests"]
+    parts = []
+    s = st[(st["group"] == group) & (st["phone"] == "*") & (st["layer"].astype(str) == layer) & st["significant"]]
+    if len(s):
+        parts.append("shifted")
+    v = vt[(vt["group"] == group) & (vt["layer"].astype(str) == layer) & vt["significant"]
+           & (vt["variance_ratio"] > 1)]
+    if len(v):
+        parts.append("more variable")
+    return f"{' and '.join(parts)} (no accuracy cost)" if parts else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def sentence(r: dict[str, Any]) -> str:
+    """One sentence a reader can quote: served worse? (gap with CI) where? why?"""
+    g = r["group"]
+    if not r["served_worse"]:
+        if r.get("is_reference") and r.get("better_than") is None and np.isnan(r.get("gap", np.nan) or np.nan):
+            base = f"{g} (reference) is not served worse than any other group"
         else:
-            ref = means[:, [groups.index(reference)]]
-        return ref - means, means
-
-    obs, means = gaps(np.ones((1, len(x))))
-    reps, _ = gaps(W)
-    lo, hi = percentile_ci(reps, level)
-    for i, g in enumerate(groups):
-        rows.append({"group": g, "accuracy_gap": obs[0, i], "ci_low": lo[i], "ci_high": hi[i],
-                     "accuracy": means[0, i]})
-    return pd.DataFrame(rows)
-
-
-def gap_attribution(spk: pd.DataFrame, groups: list[str], reference: str | None) -> pd.DataFrame:
-    """OLS of per-speaker accuracy on normalised variance and group-shift exposure; per group, the part of its
-    accuracy gap each accounts for: ``−β_var (v̄_g − v̄_ref)`` and ``−β_shift (ē_g − ē_ref)``.
-
-    ``spk`` has ``speaker, group, accuracy, variance, exposure`` (exposure: the speaker's token-weighted mean of
-    its group's per-phone squared shift). The reference values are the reference group's means or the median of
-    the group means. The rest of the gap is ``residual``.
-    """
-    d = spk.dropna(subset=["accuracy", "variance", "exposure"])
-    d = d[d["group"].isin(groups)]
-    cols = ["group", "accuracy_gap", "explained_by_variance", "explained_by_shift", "residual", "r2",
-            "beta_variance", "beta_shift", "n_speakers"]
-    if len(d) < 4 or d["group"].nunique() < 2:
-        return pd.DataFrame({c: ([*groups] if c == "group" else np.nan) for c in cols})
-    X = np.column_stack([np.ones(len(d)), d["variance"], d["exposure"]])
-    y = d["accuracy"].to_numpy(dtype=float)
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    resid = y - X @ beta
-    r2 = 1 - resid.var() / y.var() if y.var() > 0 else np.nan
-    gm = d.groupby("group")[["accuracy", "variance", "exposure"]].mean().reindex(groups)
-    ref = gm.median() if reference is None else gm.loc[reference]
-    rows = []
-    for g in groups:
-        gap = ref["accuracy"] - gm.loc[g, "accuracy"]
-        ev = -beta[1] * (gm.loc[g, "variance"] - ref["variance"])
-        es = -beta[2] * (gm.loc[g, "exposure"] - ref["exposure"])
-        rows.append({"group": g, "accuracy_gap": gap, "explained_by_variance": ev, "explained_by_shift": es,
-                     "residual": gap - ev - es, "r2": r2, "beta_variance": beta[1], "beta_shift": beta[2],
-                     "n_speakers": int((d["group"] == g).sum())})
-    return pd.DataFrame(rows, columns=cols)
-
-
-def decide(*, sys_test: bool, igb_sig: bool, rnd_test: bool) -> str:
-    """The verdict label from the three pieces of test evidence."""
-    systematic = sys_test or igb_sig
-    if systematic and rnd_test:
-        return "both"
-    if systematic:
-        return "systematic-dominant"
-    if rnd_test:
-        return "random-dominant"
-    return "no detectable disadvantage"
-
-
-def evidence_text(*, shift_sq: float, q_shift: float, ratio: float, q_var: float, igb: float, igb_q: float,
-                  gap: float, gap_lo: float, gap_hi: float, alpha: float, is_reference: bool) -> str:
-    """Short human-readable justification of a verdict cell."""
-    if is_reference:
-        return f"reference group; accuracy gap defined as 0; variance ratio {ratio:.2f}"
-    parts = [f"shift²={shift_sq:.3g} (q={q_shift:.3g})", f"variance ratio={ratio:.2f} (q={q_var:.3g})"]
-    if not np.isnan(igb):
-        parts.append(f"in-group benefit={igb:+.3f} (q={igb_q:.3g})")
-    if not np.isnan(gap):
-        parts.append(f"accuracy gap={gap:+.3f} [{gap_lo:+.3f}, {gap_hi:+.3f}]")
-        if gap_lo > 0 and q_shift > alpha and q_var > alpha and not (igb_q <= alpha and igb > 0):
-            parts.append("gap not explained by a detected shift or spread")
-    return "; ".join(parts)
-
-
-__all__ = ["accuracy_gaps", "decide", "evidence_text", "gap_attribution"]
+            base = f"{g} is not served worse than any other group"
+        if np.isfinite(r.get("mde", np.nan)):
+            base += f" (at layer {r['layer']}, a gap of {_pct(r['mde'])} points would have been detected with 80 % power)"
+        return base + "."
+    gap = f"{_pct(r['gap'])} points [95% CI {_pct(r['gap_ci_low'])}, {_pct(r['gap_ci_high'])}]" \
+        if np.isfinite(r.get("gap", np.nan)) else "a significant margin"
+    why = {"systematic": "its phone embeddings are shifted (systematic error)",
+           "random": "its phone embeddings are more scattered (random error)",
+           "systematic and random": "its phone embeddings are both shifted and more scattered",
+           "unexplained": "neither a shift nor a larger spread of its embeddings was detected"}.get(
+        r.get("mechanism") or "unexplained", "")
+    share = ""
+    if np.isfinite(r.get("share_systematic", np.nan)) and r.get("mechanism") in ("systematic", "random",
+                                                                                "systematic and random"):
+        share = (f"; systematic share {_pct(r['share_systematic'])} % "
+                 f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
+    where = f"; most on phones {r['phones']}" if r.get("phones") else ""
+    return (f"{g} is served worse than {r['worse_than']} (gap {gap} at layer {r['layer']}; significant at layers "
+            f"{r['layers']}{where}): {why}{share}.")

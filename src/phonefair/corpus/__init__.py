@@ -34,6 +34,11 @@ def _loader(kind: str) -> Any:
     return obj
 
 
+def loader_function(kind: str) -> Any:
+    """The loader function of ``kind`` (its keyword parameters and annotations define ``[corpus.options]``)."""
+    return _loader(kind)
+
+
 def loader_options(kind: str) -> list[str]:
     """The keyword options the loader of ``kind`` accepts (what ``[corpus.options]`` may hold)."""
     params = inspect.signature(_loader(kind)).parameters.values()
@@ -50,4 +55,4 @@ def load_corpus(kind: str, root: str | os.PathLike[str], **options: Any) -> Corp
     return obj(root, **options)
 
 
-__all__ = ["LOADERS", "Corpus", "CorpusError", "load_corpus", "loader_options"]
+__all__ = ["LOADERS", "Corpus", "CorpusError", "load_corpus", "loader_function", "loader_options"]

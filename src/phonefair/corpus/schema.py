@@ -65,6 +65,9 @@ RECORDING_COLUMNS: dict[str, str] = {
     "num_channels": "Int64",
     "duration": "float64",  # seconds
     "channel": "Int64",  # which channel to use for multi-channel files (<NA>: mono or mix-down)
+    # size / content hash of the audio file when the corpus was loaded by a run (phonefair.pipeline.inputs): extraction
+    # stores are keyed by it, so replaced audio is re-extracted
+    "audio_fingerprint": "string",
 }
 
 PROBLEM_COLUMNS: dict[str, str] = {
@@ -189,7 +192,7 @@ class Corpus:
         h = hashlib.sha256()
         cols = ["recording_id", "speaker", "start", "end", "phone_raw", "phone"]
         h.update(pd.util.hash_pandas_object(self.phones[cols], index=False).values.tobytes())
-        rec = self.recordings[["recording_id", "audio_path", "channel"]]
+        rec = self.recordings[["recording_id", "audio_path", "channel", "audio_fingerprint"]]
         h.update(pd.util.hash_pandas_object(rec, index=False).values.tobytes())
         return h.hexdigest()[:16]
 
@@ -217,13 +220,11 @@ class Corpus:
         man = d / "manifest.json"
         if man.exists():
             man.unlink()
+        from phonefair.io import write_json, write_table
+
         for name in ("phones", "speakers", "recordings", "problems"):
-            tmp = d / f".{name}.parquet.tmp"
-            getattr(self, name).to_parquet(tmp, index=False)
-            os.replace(tmp, d / f"{name}.parquet")
-        tmp = d / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(self.manifest(), indent=2, default=str))
-        os.replace(tmp, man)
+            write_table(getattr(self, name), d / name, csv=False)  # unique temporary names: concurrent runs
+        write_json(man, self.manifest())
         return d
 
     @classmethod

@@ -1,7 +1,6 @@
-"""Fairness fine-tuning of speech encoders (phone CTC, adversarial and domain-enhancing objectives) and the
-before/after audit comparison. See ``docs/finetune.md``."""
+"""Fairness fine-tuning of speech encoders (phone CTC, adversarial and domain-enhancing objectives). The
+before/after audit is :mod:`phonefair.audit.compare`. See ``docs/finetune.md``."""
 
-from phonefair.finetune.compare import compare_audits, render_comparison_html, write_comparison_report
 from phonefair.finetune.data import (VOCAB, GroupBalancedSampler, UniformSampler, Utterance, UtteranceSet,
                                      build_utterances)
 from phonefair.finetune.evaluate import edit_distance, greedy_decode, per_by_group
@@ -11,5 +10,5 @@ from phonefair.finetune.train import (OBJECTIVES, FinetuneConfig, FinetuneResult
 
 __all__ = ["OBJECTIVES", "VOCAB", "CTCHead", "FinetuneConfig", "FinetuneResult", "GroupBalancedSampler",
            "GroupClassifier", "UniformSampler", "Utterance", "UtteranceSet", "WeightSchedule", "build_utterances",
-           "compare_audits", "edit_distance", "evaluate_per", "finetune", "finetune_variants", "grad_reverse",
-           "greedy_decode", "per_by_group", "render_comparison_html", "write_comparison_report"]
+           "edit_distance", "evaluate_per", "finetune", "finetune_variants", "grad_reverse",
+           "greedy_decode", "per_by_group"]

@@ -1,10 +1,9 @@
-"""Per-group phoneme probes: batched PyTorch trainer, size-matched training populations, cross-group matrices,
-in-group benefit and speaker-clustered confidence intervals. See docs/probes.md."""
+"""Cross-fitted phone probes per speaker group: the batched trainer, training populations, probe tables."""
 
-from phonefair.probes.fit import DEFAULT_L2_GRID, fit_probes
-from phonefair.probes.populations import POPULATION_KINDS, Population, build_populations
-from phonefair.probes.results import COLUMNS, TABLE_NAMES, ProbeResults
-from phonefair.probes.trainer import BatchedProbes, TrainerConfig, fit_batched
+from phonefair.probes.fit import fit_probes, resolve_device
+from phonefair.probes.populations import MATCHED_KINDS, POPULATION_KINDS, Population, crossfit_populations
+from phonefair.probes.results import METRICS, TABLE_NAMES, ProbeResults
+from phonefair.probes.trainer import TrainerConfig
 
-__all__ = ["COLUMNS", "DEFAULT_L2_GRID", "POPULATION_KINDS", "TABLE_NAMES", "BatchedProbes", "Population",
-           "ProbeResults", "TrainerConfig", "build_populations", "fit_batched", "fit_probes"]
+__all__ = ["MATCHED_KINDS", "METRICS", "POPULATION_KINDS", "Population", "ProbeResults", "TABLE_NAMES",
+           "TrainerConfig", "crossfit_populations", "fit_probes", "resolve_device"]

@@ -1,22 +1,35 @@
-"""``fit_probes``: per-group phoneme probes for every layer, cross-group matrices, in-group benefit, CIs."""
+"""``fit_probes``: cross-fitted phone probes per layer, from which every probe table is computed.
+
+For every layer, every repeat and every speaker fold of the :class:`~phonefair.audit.design.Design`, the training
+populations of :mod:`phonefair.probes.populations` are fitted on the other folds' speakers (one batched call of the
+trainer for all of a layer's probes) and evaluated on the fold's speakers. So every speaker is tested exactly once
+per repeat, by probes that never saw it; the per-(speaker, phone) correct/total counts of every population are what
+:mod:`phonefair.probes.results` turns into tables.
+
+λ (the L2 strength) is chosen per probe on held-out *training* speakers (an inner speaker split), then the probe is
+refitted on all its rows; a population with a single speaker cannot be split and takes its fold's ``all`` probe's λ.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from phonefair.groups import split_speakers
-from phonefair.probes.populations import POPULATION_KINDS, build_populations, inner_split
-from phonefair.probes.results import MetricEngine, ProbeResults, compute_tables
-from phonefair.probes.trainer import TrainerConfig, evaluate_gathered, fit_batched
+from phonefair import rng
+from phonefair.audit.design import Design
+from phonefair.layers import layer_order, parse_layers
+from phonefair.probes.populations import Population, crossfit_populations, inner_split
+from phonefair.probes.results import ProbeResults, build_tables
+from phonefair.probes.trainer import BatchedProbes, TrainerConfig, evaluate_gathered, fit_batched
+from phonefair.settings import ProbeSettings
 from phonefair.store.base import EmbeddingSource
 
-DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+__all__ = ["fit_probes", "resolve_device", "LayerCounts", "torch_threads"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -29,255 +42,225 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _pad(row_lists: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+class torch_threads:
+    """Set torch's intra-op threads for a block and restore them after. ``n = 0`` picks a sane default: every core
+    when the machine is idle, one when other processes already keep the cores busy (small probe tensors run several
+    times slower on contended threads)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n if n > 0 else _auto_threads()
+        self.before = 0
+
+    def __enter__(self) -> int:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self.n
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
+def _auto_threads() -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - platforms without a load average
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+@dataclass
+class LayerCounts:
+    """Per-(speaker, phone) correct/total test counts of one layer, per training population key, summed over
+    repeats; plus the ``all`` probe's confusion counts per group ``[G, C, C]``."""
+
+    correct: dict[tuple[str, str | None], np.ndarray]  # key -> [S, C]
+    total: dict[tuple[str, str | None], np.ndarray]
+    confusion: np.ndarray
+    # per (key, repeat, fold): the keys' counts restricted to that fold's speakers, for fold-level inference
+    fold_correct: dict[tuple[str, str | None], np.ndarray] = field(default_factory=dict)  # key -> [R, K, S, C]
+    n_nonfinite: int = 0
+
+
+def fit_probes(source: EmbeddingSource, design: Design, settings: ProbeSettings | None = None, *,
+               level: float = 0.95, fdr_alpha: float = 0.05, seed: int = 0, progress: bool = False,
+               trainer: TrainerConfig | None = None, val_fraction: float = 0.25) -> ProbeResults:
+    """Fit the cross-fitted probes of every layer and compute the probe tables (see docs/probes.md).
+
+    ``source``: any :class:`~phonefair.store.EmbeddingSource` (one layer is read at a time). ``design``: the
+    validated audit design (speakers, groups, folds). ``settings``: :class:`~phonefair.settings.ProbeSettings`.
+    ``level`` / ``fdr_alpha``: interval level and BH level of the in-group-benefit tests. ``seed``: population
+    draws, inner splits and optimiser randomness (each derived with :func:`phonefair.rng.derive`).
+    """
+    s = settings or ProbeSettings()
+    t0 = time.perf_counter()
+    layers = list(source.layers) if s.layers == "all" else parse_layers(list(s.layers), [str(x) for x in
+                                                                                         source.layers])
+    layers = layer_order(layers)
+    cfg = TrainerConfig(**{**(trainer.to_dict() if trainer else {}), "probe": s.type})
+    dev = resolve_device(s.device)
+    pops, sizes = crossfit_populations(design, kinds=s.populations, seed=seed)
+    resident = design.tokens["row"].to_numpy()  # sorted
+    y_res = design.tokens["phone_idx"].to_numpy()
+    spk_res = design.tokens["speaker_idx"].to_numpy()
+    C, S = len(design.phones), design.n_speakers
+    local = {id(p): np.searchsorted(resident, p.rows) for p in pops}
+    splits = {id(p): inner_split(p, _speaker_of_rows(design), val_fraction=val_fraction, seed=seed)
+              for p in pops} if len(s.l2_grid) > 1 else {}
+    counts: dict[str, LayerCounts] = {}
+    fits: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    it: Any = layers
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(layers, desc="probes (layers)", unit="layer", leave=False)
+    with torch_threads(s.threads) as n_threads:
+        for layer in it:
+            tl = time.perf_counter()
+            x_np = np.asarray(source.read(layer, resident), dtype=np.float32)
+            if x_np.shape[0] != len(resident):
+                raise ValueError(f"source.read({layer!r}) returned {x_np.shape[0]} rows for {len(resident)}")
+            finite = np.isfinite(x_np).all(1)
+            x_np[~finite] = 0.0
+            x = torch.from_numpy(x_np).to(dev)
+            y = torch.from_numpy(np.where(finite, y_res, -1)).to(dev)
+            probes, chosen, val_acc = _fit_layer(x, y, pops, resident, splits, s.l2_grid, cfg, finite,
+                                                 rng.derive_seed(seed, "probe-fit", layer))
+            lc = _evaluate(probes, x, y_res, finite, spk_res, pops, design, C, S, cfg)
+            lc.n_nonfinite = int((~finite).sum())
+            counts[layer] = lc
+            for i, p in enumerate(pops):
+                fits.append({"layer": layer, "train_kind": p.kind, "train_group": p.group, "repeat": p.repeat,
+                             "fold": p.fold, "l2": float(chosen[i]), "val_accuracy": float(val_acc[i]),
+                             "n_train_tokens": int(finite[local[id(p)]].sum()), "n_train_speakers": p.n_speakers,
+                             "n_classes": int(probes.class_mask[i].sum()), "optimizer": probes.optimizer,
+                             "n_iter": int(probes.n_iter)})
+            del x, probes
+            timings[layer] = time.perf_counter() - tl
+    provenance: dict[str, Any] = {
+        "stage": "phonefair.probes.fit_probes",
+        "source": dict(getattr(source, "provenance", {}) or {}),
+        "layers": layers, "seed": seed,
+        "settings": {**s.to_dict(), "level": level, "fdr_alpha": fdr_alpha, "val_fraction": val_fraction,
+                     "trainer": cfg.to_dict(), "device": str(dev), "threads": n_threads,
+                     "l2_convention": "mean CE + l2/2 ||W||^2 on standardised features; sklearn C = 1/(l2 * n)",
+                     "evaluation": "cross-fitted: every speaker tested once per repeat by probes trained on the "
+                                   "other folds' speakers"},
+        "design": design.summary(), "size_matching": sizes, "classes": list(design.phones),
+        "timing_s": {"fit": time.perf_counter() - t0, "per_layer": timings},
+    }
+    import pandas as pd
+
+    tables = build_tables(layers, counts, design, pd.DataFrame(fits), level=level, fdr_alpha=fdr_alpha,
+                          provenance=provenance, kinds=("all", *s.populations))
+    provenance["timing_s"]["total"] = time.perf_counter() - t0
+    return ProbeResults(table_map=tables, provenance=provenance)
+
+
+def _speaker_of_rows(design: Design) -> np.ndarray:
+    """Source row → speaker index (-1 for rows not analysed)."""
+    t = design.tokens
+    out = np.full(int(t["row"].max()) + 1, -1, dtype=np.int64)
+    out[t["row"].to_numpy()] = t["speaker_idx"].to_numpy()
+    return out
+
+
+def _pad(row_lists: Sequence[np.ndarray], finite: np.ndarray, device: torch.device
+         ) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(1, max(len(r) for r in row_lists))
     rows = np.zeros((len(row_lists), n), dtype=np.int64)
     w = np.zeros((len(row_lists), n), dtype=np.float32)
     for i, r in enumerate(row_lists):
         rows[i, :len(r)] = r
-        w[i, :len(r)] = 1.0
+        w[i, :len(r)] = finite[r]  # non-finite rows (unembeddable audio) weigh nothing
     return torch.from_numpy(rows).to(device), torch.from_numpy(w).to(device)
 
 
-def prepare_tokens(source: EmbeddingSource, groups: pd.Series, *, exclude_phones: Sequence[str],
-                   test_fraction: float, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The tokens probes may use: ``row, speaker, group, phone, split`` (train/test), plus exclusion counts."""
-    if not isinstance(groups, pd.Series):
-        raise TypeError(f"groups must be a pandas Series speaker -> group, got {type(groups).__name__}")
-    if groups.index.duplicated().any():
-        dup = groups.index[groups.index.duplicated()].astype(str).tolist()[:5]
-        raise ValueError(f"groups: duplicated speaker id(s) {dup}")
-    tok = source.tokens
-    for c in ("speaker", "phone"):
-        if c not in tok.columns:
-            raise ValueError(f"source.tokens lacks column {c!r}; has {list(tok.columns)}")
-    g = groups.dropna()
-    g = pd.Series(g.astype(str).to_numpy(), index=g.index.astype(str))
-    df = pd.DataFrame({"row": np.arange(len(tok), dtype=np.int64), "speaker": tok["speaker"].astype(str).to_numpy(),
-                       "phone": tok["phone"].astype("string").to_numpy()})
-    df["group"] = df["speaker"].map(g)
-    excluded: dict[str, Any] = {}
-    out_grp = df["group"].isna()
-    excluded["speakers_not_in_groups"] = int(df.loc[out_grp, "speaker"].nunique())
-    excluded["tokens_of_speakers_not_in_groups"] = int(out_grp.sum())
-    excluded["group_speakers_not_in_source"] = int((~g.index.isin(df["speaker"].unique())).sum())
-    df = df[~out_grp]
-    na = df["phone"].isna()
-    excluded["tokens_phone_na"] = int(na.sum())
-    df = df[~na]
-    ex = df["phone"].isin(list(exclude_phones))
-    excluded["tokens_excluded_phones"] = {str(k): int(v) for k, v in df.loc[ex, "phone"].value_counts().items()}
-    df = df[~ex].copy()
-    if df.empty:
-        raise ValueError("no tokens left after excluding speakers without a group, <NA> phones and "
-                         f"exclude_phones={list(exclude_phones)}: {excluded}")
-    split_col = tok["split"].astype("string") if "split" in tok.columns else None
-    if split_col is not None and split_col.iloc[df["row"].to_numpy()].notna().any():
-        df["split"] = split_col.iloc[df["row"].to_numpy()].to_numpy()
-        per_spk = df.dropna(subset=["split"]).groupby("speaker")["split"].nunique()
-        if (mixed := per_spk[per_spk > 1]).size:
-            raise ValueError(f"tokens 'split' column is not speaker-disjoint: speaker(s) {mixed.index.tolist()[:5]} "
-                             "have tokens in more than one split")
-        bad = ~df["split"].isin(["train", "test"]).fillna(False)
-        excluded["tokens_split_not_train_test"] = {str(k): int(v) for k, v in
-                                                   df.loc[bad, "split"].fillna("<NA>").value_counts().items()}
-        df = df[~bad].copy()
-        split_source = "tokens.split"
-    else:
-        sp = split_speakers(pd.Series(df.drop_duplicates("speaker").set_index("speaker")["group"]),
-                            test_fraction=test_fraction, seed=seed)
-        df["split"] = df["speaker"].map(sp).astype(str)
-        split_source = f"phonefair.groups.split_speakers(test_fraction={test_fraction}, seed={seed})"
-    df["split"] = df["split"].astype(str)
-    for grp in sorted(df["group"].unique()):
-        sub = df[df["group"] == grp]
-        for side in ("train", "test"):
-            if not (sub["split"] == side).any():
-                raise ValueError(f"group {grp!r} has no {side} speakers (speaker-disjoint split from {split_source})")
-    info = {"excluded": excluded, "split_source": split_source}
-    return df.reset_index(drop=True), info
+def _class_mask(row_lists: Sequence[np.ndarray], y: torch.Tensor, C: int) -> torch.Tensor:
+    yn = y.cpu().numpy()
+    m = np.zeros((len(row_lists), C), dtype=bool)
+    for i, r in enumerate(row_lists):
+        yy = yn[r]
+        m[i, np.unique(yy[yy >= 0])] = True
+    return torch.from_numpy(m).to(y.device)
 
 
-def fit_probes(
-    source: EmbeddingSource,
-    groups: pd.Series,
-    *,
-    layers: Sequence[str] | None = None,
-    populations: Sequence[str] = POPULATION_KINDS,
-    seeds: Sequence[int] = (0, 1, 2),
-    probe: str = "linear",
-    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    fdr_alpha: float = 0.05,
-    exclude_phones: Sequence[str] = ("sil",),
-    device: str = "cpu",
-    progress: bool = True,
-    seed: int = 0,
-    n_train_speakers: int | None = None,
-    n_train_tokens: int | None = None,
-    test_fraction: float = 0.3,
-    val_fraction: float = 0.25,
-    trainer: TrainerConfig | None = None,
-    keep_predictions: bool = True,
-    resample_seeds: bool = True,
-) -> ProbeResults:
-    """Fit phoneme probes per layer × training population × seed and compute the group-fairness tables.
-
-    Parameters
-    ----------
-    source: any :class:`~phonefair.store.EmbeddingSource`; layers are read one at a time.
-    groups: speaker → group label. Speakers absent from the source are ignored; source speakers absent from
-        ``groups`` are excluded (counted in the provenance).
-    populations: training populations, any of ``"pooled"``, ``"group"``, ``"leave_out"`` (size-matched).
-    seeds: one probe per population per seed (seeds redraw the size-matched training sample).
-    probe: ``"linear"`` (multinomial logistic regression) or ``"mlp"``.
-    l2_grid: L2 strengths λ (objective ``mean CE + λ/2 ||W||²``, i.e. scikit-learn ``C = 1/(λ n)``); one is chosen
-        per probe by accuracy on held-out *training* speakers; a single value skips the selection.
-    n_boot, level: speaker-clustered bootstrap replicates and CI level. ``fdr_alpha``: BH level across groups × layers.
-    exclude_phones: phone labels left out (``<NA>`` phones are always left out); counts are in the provenance.
-    device: ``"cpu"``, ``"cuda"`` or ``"auto"``. ``seed``: speaker split (when the tokens have none), bootstrap,
-        optimiser randomness.
-    n_train_speakers, n_train_tokens: override the size-matching targets (default: the largest common size).
-    trainer: optimisation settings (:class:`TrainerConfig`); ``probe`` overrides its ``probe`` field.
-    keep_predictions: keep the token-level ``predictions`` table.
-    resample_seeds: every bootstrap replicate also redraws the probe seeds with replacement (two-level bootstrap:
-        test speakers, then training samples), so CIs include training-sample variation. ``False`` gives CIs from
-        test-speaker resampling alone, which under-cover in null simulations (see docs/probes.md).
-    """
-    t0 = time.perf_counter()
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if not 0 < fdr_alpha < 1:
-        raise ValueError(f"fdr_alpha must be in (0, 1), got {fdr_alpha}")
-    grid = sorted(float(v) for v in l2_grid)
-    if not grid or any(v < 0 for v in grid):
-        raise ValueError(f"l2_grid must be a non-empty sequence of values >= 0, got {list(l2_grid)}")
-    if bad := [k for k in populations if k not in POPULATION_KINDS]:
-        raise ValueError(f"unknown population(s) {bad}; choose from {POPULATION_KINDS}")
-    cfg = TrainerConfig(**{**(trainer.to_dict() if trainer else {}), "probe": probe})
-    dev = resolve_device(device)
-    all_layers = [str(x) for x in source.layers]
-    if layers is None:
-        use_layers = all_layers
-    else:
-        wanted = [str(x) for x in layers]
-        if missing := [x for x in wanted if x not in all_layers]:
-            raise ValueError(f"layer(s) {missing} not in the source; available: {all_layers}")
-        use_layers = [x for x in all_layers if x in wanted]  # depth order of the source
-
-    tokens, info = prepare_tokens(source, groups, exclude_phones=exclude_phones, test_fraction=test_fraction,
-                                  seed=seed)
-    classes = sorted(tokens["phone"].astype(str).unique().tolist())
-    cidx = {c: i for i, c in enumerate(classes)}
-    tokens["y"] = tokens["phone"].astype(str).map(cidx).astype(np.int64)
-    train = tokens[tokens["split"] == "train"]
-    test = tokens[tokens["split"] == "test"].reset_index(drop=True)
-    pops, sizes = build_populations(train, kinds=populations, seeds=seeds, base_seed=seed,
-                                    n_speakers=n_train_speakers, n_tokens=n_train_tokens)
-    speaker_of_row = pd.Series(tokens["speaker"].to_numpy(), index=tokens["row"].to_numpy())
-    y_of_row = pd.Series(tokens["y"].to_numpy(), index=tokens["row"].to_numpy())
-
-    resident = np.unique(np.concatenate([p.rows for p in pops] + [test["row"].to_numpy()]))
-
-    def local(rows: np.ndarray) -> np.ndarray:
-        return np.searchsorted(resident, rows)
-
-    y_res = torch.from_numpy(y_of_row.loc[resident].to_numpy().copy()).to(dev)
-    C = len(classes)
-
-    def mask_of(row_lists: Sequence[np.ndarray]) -> torch.Tensor:
-        m = np.zeros((len(row_lists), C), dtype=bool)
-        for i, r in enumerate(row_lists):
-            m[i, np.unique(y_of_row.loc[r].to_numpy())] = True
-        return torch.from_numpy(m).to(dev)
-
-    full_rows, full_w = _pad([local(p.rows) for p in pops], dev)
-    full_mask = mask_of([p.rows for p in pops])
+def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], resident: np.ndarray,
+               splits: dict[int, tuple[np.ndarray, np.ndarray] | None], grid: Sequence[float], cfg: TrainerConfig,
+               finite: np.ndarray, seed: int) -> tuple[BatchedProbes, np.ndarray, np.ndarray]:
+    """λ per probe on its inner validation speakers, then every probe refitted on all its rows (one batched call
+    per phase). Returns the probes, the chosen λ and the validation accuracy (NaN without a split)."""
+    dev = x.device
+    C = int(y.max().item()) + 1
+    P = len(pops)
+    grid = sorted(float(v) for v in grid)
+    chosen = np.full(P, grid[0])
+    val_acc = np.full(P, np.nan)
     if len(grid) > 1:
-        splits = [inner_split(p, speaker_of_row, val_fraction=val_fraction, seed=seed) for p in pops]
-        fit_rows, fit_w = _pad([local(a) for a, _ in splits], dev)
-        val_rows, val_w = _pad([local(b) for _, b in splits], dev)
-        fit_mask = mask_of([a for a, _ in splits])
-    test_local = torch.from_numpy(local(test["row"].to_numpy())).to(dev)
-    test_y = test["y"].to_numpy()
-    unseen = ~full_mask.cpu().numpy()[:, test_y].T  # [Nt, P]: test token's class never seen by the probe
-
-    preds: dict[str, np.ndarray] = {}
-    fit_rows_out: list[dict[str, Any]] = []
-    timings: dict[str, float] = {}
-    it = use_layers
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(use_layers, desc="probes (layers)", leave=False)
-    for li, layer in enumerate(it):
-        tl = time.perf_counter()
-        x = torch.from_numpy(np.ascontiguousarray(source.read(layer, resident), dtype=np.float32)).to(dev)
-        if x.shape[0] != len(resident):
-            raise ValueError(f"source.read({layer!r}) returned {x.shape[0]} rows for {len(resident)} requested")
-        layer_seed = int(seed) * 1009 + li
-        P = len(pops)
-        if len(grid) > 1:
-            l2 = torch.tensor(grid, device=dev, dtype=x.dtype).expand(P, -1).contiguous()
-            sel = fit_batched(x, y_res, fit_rows, fit_w, fit_mask, l2, cfg, seed=layer_seed)
-            val_acc, _ = evaluate_gathered(sel, x, y_res, val_rows, val_w, cfg.chunk_rows)
-            va = val_acc.cpu().numpy()
+        with_split = [i for i, p in enumerate(pops) if splits.get(id(p)) is not None]
+        if with_split:
+            fit_l = [np.searchsorted(resident, splits[id(pops[i])][0]) for i in with_split]  # type: ignore[index]
+            val_l = [np.searchsorted(resident, splits[id(pops[i])][1]) for i in with_split]  # type: ignore[index]
+            fr, fw = _pad(fit_l, finite, dev)
+            vr, vw = _pad(val_l, finite, dev)
+            l2 = torch.tensor(grid, device=dev, dtype=x.dtype).expand(len(with_split), -1).contiguous()
+            sel = fit_batched(x, y, fr, fw, _class_mask(fit_l, y, C), l2, cfg, seed=seed)
+            va = evaluate_gathered(sel, x, y, vr, vw, cfg.chunk_rows)[0].cpu().numpy()
             # the most accurate λ; ties go to the larger λ (the simpler probe)
             best = len(grid) - 1 - np.argmax(va[:, ::-1] >= va.max(1, keepdims=True) - 1e-12, axis=1)
-            chosen = np.array(grid)[best]
-            chosen_acc = va[np.arange(P), best]
-            del sel
-        else:
-            chosen = np.full(P, grid[0])
-            chosen_acc = np.full(P, np.nan)
-        l2c = torch.tensor(chosen, device=dev, dtype=x.dtype)[:, None]
-        probes = fit_batched(x, y_res, full_rows, full_w, full_mask, l2c, cfg, seed=layer_seed + 500_009)
-        pred = probes.predict(x[test_local], cfg.chunk_rows)[:, :, 0].cpu().numpy().astype(np.int32)
-        pred[unseen] = -1
-        preds[layer] = pred
+            chosen[with_split] = np.array(grid)[best]
+            val_acc[with_split] = va[np.arange(len(with_split)), best]
+        # populations without a split take their fold's `all` probe's λ
+        all_l2 = {(p.repeat, p.fold): chosen[i] for i, p in enumerate(pops) if p.kind == "all"}
         for i, p in enumerate(pops):
-            fit_rows_out.append({"layer": layer, "train_kind": p.kind, "train_group": p.group, "seed": p.seed,
-                                 "l2": float(chosen[i]), "val_accuracy": float(chosen_acc[i]),
-                                 "n_train_tokens": p.n_tokens, "n_train_speakers": p.n_speakers,
-                                 "n_classes": int(full_mask[i].sum()),
-                                 "n_test_dropped_unseen": int(unseen[:, i].sum()),
-                                 "optimizer": probes.optimizer, "n_iter": probes.n_iter})
-        del x, probes
-        timings[layer] = time.perf_counter() - tl
-
-    t_fit = time.perf_counter() - t0
-    engine = MetricEngine(test, classes, pops, n_boot=n_boot, level=level, seed=seed,
-                          resample_seeds=resample_seeds)
-    provenance: dict[str, Any] = {
-        "stage": "phonefair.probes.fit_probes",
-        "source": dict(getattr(source, "provenance", {}) or {}),
-        "layers": use_layers,
-        "seeds": [int(s) for s in seeds],
-        "settings": {"populations": list(populations), "probe": probe, "l2_grid": grid, "n_boot": n_boot,
-                     "level": level, "fdr_alpha": fdr_alpha, "resample_seeds": resample_seeds,
-                     "exclude_phones": list(exclude_phones),
-                     "device": str(dev), "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
-                     "trainer": cfg.to_dict(), "l2_convention": "mean CE + l2/2 ||W||^2 on standardised features; "
-                     "sklearn C = 1/(l2 * n_train_tokens)",
-                     "accuracy": "token-weighted: total correct / total evaluated tokens over the speakers",
-                     "ci": "percentile, speaker-clustered bootstrap within test group, shared weights (paired)"},
-        "size_matching": sizes,
-        "groups_name": groups.name,
-        "groups": sorted(tokens["group"].unique().tolist()),
-        "classes": classes,
-        "n_test_speakers": int(test["speaker"].nunique()),
-        "n_test_tokens": int(len(test)),
-        "n_test_dropped_unseen_total": int(unseen.sum()),
-        "populations": [{"kind": p.kind, "group": p.group, "seed": p.seed, "speakers": list(p.speakers)}
-                        for p in pops],
-        **info,
-        "timing_s": {"fit": t_fit, "per_layer": timings},
-    }
-    fits = pd.DataFrame(fit_rows_out)
-    tables, curve = compute_tables(use_layers, preds, engine, fits, fdr_alpha=fdr_alpha, provenance=provenance,
-                                   keep_predictions=keep_predictions)
-    provenance["timing_s"]["total"] = time.perf_counter() - t0
-    return ProbeResults(table_map=tables, provenance=provenance, curve=curve)
+            if splits.get(id(p)) is None:
+                chosen[i] = all_l2.get((p.repeat, p.fold), chosen[i])
+    rows_l = [np.searchsorted(resident, p.rows) for p in pops]
+    fr, fw = _pad(rows_l, finite, dev)
+    probes = fit_batched(x, y, fr, fw, _class_mask(rows_l, y, C),
+                         torch.tensor(chosen, device=dev, dtype=x.dtype)[:, None], cfg, seed=seed + 1)
+    return probes, chosen, val_acc
 
 
-__all__ = ["DEFAULT_L2_GRID", "fit_probes", "prepare_tokens", "resolve_device"]
+def _take(probes: BatchedProbes, idx: Sequence[int]) -> BatchedProbes:
+    """The probes at ``idx`` (a view of the batch, for predicting one fold's speakers)."""
+    ii = torch.as_tensor(list(idx), device=probes.mean.device)
+    return BatchedProbes(kind=probes.kind, mean=probes.mean[ii], scale=probes.scale[ii],
+                         params={k: v[ii] for k, v in probes.params.items()}, class_mask=probes.class_mask[ii],
+                         optimizer=probes.optimizer, n_iter=probes.n_iter)
+
+
+def _evaluate(probes: BatchedProbes, x: torch.Tensor, y_res: np.ndarray, finite: np.ndarray, spk_res: np.ndarray,
+              pops: list[Population], design: Design, C: int, S: int, cfg: TrainerConfig) -> LayerCounts:
+    """Predict every fold's test tokens with that fold's probes; per-(speaker, phone) counts per population key."""
+    R, K = design.folds.shape[0], design.n_folds
+    keys = list(dict.fromkeys(p.key for p in pops))
+    correct = {k: np.zeros((S, C)) for k in keys}
+    total = {k: np.zeros((S, C)) for k in keys}
+    fold_correct = {k: np.zeros((R, K, S, C)) for k in keys}
+    G = design.n_groups
+    confusion = np.zeros((G, C, C))
+    for r in range(R):
+        for k in range(K):
+            idx = [i for i, p in enumerate(pops) if p.repeat == r and p.fold == k]
+            test_spk = np.flatnonzero(design.folds[r] == k)
+            rows = np.flatnonzero(np.isin(spk_res, test_spk) & finite)
+            if not idx or len(rows) == 0:
+                continue
+            pred = _take(probes, idx).predict(x[torch.from_numpy(rows).to(x.device)], cfg.chunk_rows)
+            pred = pred[:, :, 0].cpu().numpy()  # [n, P_fold]
+            yt, st = y_res[rows], spk_res[rows]
+            cell = st * C + yt
+            tot = np.bincount(cell, minlength=S * C).reshape(S, C)
+            for j, i in enumerate(idx):
+                key = pops[i].key
+                ok = np.bincount(cell, weights=(pred[:, j] == yt), minlength=S * C).reshape(S, C)
+                correct[key] += ok
+                total[key] += tot
+                fold_correct[key][r, k] += ok
+                if key == ("all", None):
+                    g = design.speaker_group[st]
+                    np.add.at(confusion, (g, yt, pred[:, j]), 1.0)
+    return LayerCounts(correct=correct, total=total, confusion=confusion, fold_correct=fold_correct)

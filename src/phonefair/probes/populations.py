@@ -1,17 +1,19 @@
-"""Size-matched training populations.
+"""Training populations of the cross-fitted probes.
 
-Three kinds of training population (all from training-split speakers only):
+For every repeat ``r`` and speaker fold ``k`` of the :class:`~phonefair.audit.design.Design`, the test speakers are
+the fold's speakers and the training speakers are all the others. From those training speakers:
 
-``group``      the speakers of one group;
-``pooled``     speakers of every group, the same number from each group (± 1 when it does not divide);
-``leave_out``  speakers of every group except one, equally from the remaining groups.
+``all``        every training token of every training speaker: the probe "trained on everyone", whose accuracy on
+               the held-out speakers answers *is a group served worse?*;
+``pooled``     ``n_speakers`` speakers spread evenly over the groups, ``n_tokens`` tokens (size-matched);
+``group``      ``n_speakers`` speakers of one group, ``n_tokens`` tokens (size-matched): the in-group probe;
+``leave_out``  ``n_speakers`` speakers of every group except one, ``n_tokens`` tokens (size-matched).
 
-Every population of every seed has **the same number of speakers** ``n_speakers`` (default: the smallest group's
-number of training speakers) and **the same number of tokens** ``n_tokens`` (default: the smallest token total over
-all sampled populations and seeds), so a difference between probes is never just more data. Tokens are allocated to
-a population's speakers proportionally to how many each has (at least one each, largest-remainder rounding) and drawn
-without replacement; phone frequencies are left as the speakers produced them (no class re-weighting), the same rule
-for every population, which is why both accuracy and class-balanced accuracy are reported.
+Every size-matched population of every fold and repeat has **the same number of speakers** (default: the smallest
+number of training speakers any group has in any fold) and **the same number of tokens** (the smallest token total
+over all sampled matched populations), so a difference between matched probes is never just more data. Tokens are
+allocated to a population's speakers proportionally to how many each has (at least one each, largest-remainder
+rounding) and drawn without replacement; phone frequencies stay as the speakers produced them.
 """
 
 from __future__ import annotations
@@ -20,25 +22,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-POPULATION_KINDS = ("pooled", "group", "leave_out")
+from phonefair import rng
+from phonefair.audit.design import Design
+from phonefair.errors import DataError
+
+MATCHED_KINDS = ("pooled", "group", "leave_out")
+POPULATION_KINDS = ("all", *MATCHED_KINDS)
 
 
 @dataclass(frozen=True)
 class Population:
-    """One training population of one seed. ``group``: the trained group (``group``), the left-out group
-    (``leave_out``) or ``None`` (``pooled``). ``rows``: sorted token rows of the source."""
+    """One training population of one (repeat, fold). ``group``: the trained group (``group``), the left-out
+    group (``leave_out``) or ``None``. ``rows``: sorted token rows of the source; ``speakers``: indices into
+    ``Design.speakers``."""
 
     kind: str
     group: str | None
-    seed: int
-    speakers: tuple[str, ...]
+    repeat: int
+    fold: int
+    speakers: tuple[int, ...]
     rows: np.ndarray
 
     @property
     def label(self) -> str:
         return self.kind if self.group is None else f"{self.kind}:{self.group}"
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind, self.group)
 
     @property
     def n_tokens(self) -> int:
@@ -49,7 +61,7 @@ class Population:
         return len(self.speakers)
 
 
-def _allocate(total: int, capacity: np.ndarray) -> np.ndarray:
+def allocate(total: int, capacity: np.ndarray) -> np.ndarray:
     """Split ``total`` units over bins proportionally to ``capacity``, >= 1 per bin, never above capacity."""
     k = len(capacity)
     if total < k or total > capacity.sum():
@@ -62,8 +74,7 @@ def _allocate(total: int, capacity: np.ndarray) -> np.ndarray:
         extra = np.floor(exact).astype(np.int64)
         alloc += extra
         left = rest - int(extra.sum())
-        frac = exact - extra
-        order = np.lexsort((np.arange(k), -frac))  # largest remainder first, ties by position (deterministic)
+        order = np.lexsort((np.arange(k), -(exact - extra)))  # largest remainder first, ties by position
         for i in order:
             if left == 0:
                 break
@@ -73,99 +84,102 @@ def _allocate(total: int, capacity: np.ndarray) -> np.ndarray:
     return alloc
 
 
-def _spread(n: int, groups: list[str], rng: np.random.Generator) -> dict[str, int]:
+def _spread(n: int, groups: list[int], gen: np.random.Generator) -> dict[int, int]:
     q, r = divmod(n, len(groups))
-    extra = set(rng.permutation(len(groups))[:r].tolist())
+    extra = set(gen.permutation(len(groups))[:r].tolist())
     return {g: q + (1 if i in extra else 0) for i, g in enumerate(groups)}
 
 
-def build_populations(
-    train: pd.DataFrame,
-    *,
-    kinds: Sequence[str] = POPULATION_KINDS,
-    seeds: Sequence[int] = (0, 1, 2),
-    base_seed: int = 0,
-    n_speakers: int | None = None,
-    n_tokens: int | None = None,
-) -> tuple[list[Population], dict[str, int]]:
-    """Draw size-matched training populations.
+def crossfit_populations(design: Design, *, kinds: Sequence[str] = ("pooled", "group"), seed: int = 0,
+                         n_speakers: int | None = None, n_tokens: int | None = None
+                         ) -> tuple[list[Population], dict[str, int]]:
+    """Every training population of every (repeat, fold): ``all`` always, plus the size-matched ``kinds``.
 
-    ``train`` has one row per training token with columns ``row`` (token row in the source), ``speaker`` and
-    ``group``. Returns the populations (seed-major, then ``pooled``, ``group`` per group, ``leave_out`` per group)
-    and ``{"n_speakers": ..., "n_tokens": ...}``. Seed ``s`` draws from ``numpy.random.default_rng([base_seed, s])``.
+    Returns the populations (repeat-major, fold, then ``all``, ``pooled``, ``group`` per group, ``leave_out`` per
+    group) and the matched sizes ``{"n_speakers", "n_tokens"}`` (0 when no matched kind is asked for).
     """
-    for c in ("row", "speaker", "group"):
-        if c not in train.columns:
-            raise ValueError(f"build_populations: training table lacks column {c!r}")
-    if bad := [k for k in kinds if k not in POPULATION_KINDS]:
-        raise ValueError(f"unknown population kind(s) {bad}; choose from {POPULATION_KINDS}")
-    if not kinds:
-        raise ValueError("at least one population kind is needed")
-    if len(set(seeds)) != len(seeds) or not seeds:
-        raise ValueError(f"seeds must be distinct and non-empty, got {list(seeds)}")
-    groups = sorted(train["group"].astype(str).unique().tolist())
-    if not groups:
-        raise ValueError("no training tokens")
-    if "leave_out" in kinds and len(groups) < 2:
-        raise ValueError(f"leave_out populations need >= 2 groups; training data has {groups}")
-    spk_group = train.drop_duplicates("speaker").set_index("speaker")["group"].astype(str)
-    by_group = {g: np.sort(spk_group.index[spk_group == g].to_numpy().astype(str)) for g in groups}
-    smallest = min(len(v) for v in by_group.values())
-    n_spk = smallest if n_speakers is None else int(n_speakers)
-    if not 1 <= n_spk <= smallest:
-        raise ValueError(f"n_speakers={n_spk}: must be between 1 and the smallest group's training speakers "
-                         f"({smallest}; per group: { {g: len(v) for g, v in by_group.items()} })")
-    rows_by_spk = {str(s): np.sort(r.to_numpy()) for s, r in train.groupby("speaker", observed=True)["row"]}
-
-    specs: list[tuple[str, str | None, list[str]]] = []
-    for k in POPULATION_KINDS:  # fixed order, whatever order the caller gave
-        if k not in kinds:
+    if bad := [k for k in kinds if k not in MATCHED_KINDS]:
+        raise ValueError(f"unknown population kind(s) {bad}; choose from {MATCHED_KINDS}")
+    G = design.n_groups
+    if "leave_out" in kinds and G < 2:
+        raise DataError("leave_out populations need >= 2 groups")
+    tok = design.tokens
+    rows_of = [np.sort(r.to_numpy()) for _, r in tok.groupby("speaker_idx", sort=True)["row"]]
+    if len(rows_of) != design.n_speakers:
+        raise DataError("every analysed speaker must have at least one token")
+    n_tok_spk = np.array([len(r) for r in rows_of])
+    R, S = design.folds.shape
+    K = design.n_folds
+    train_by: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+    for r in range(R):
+        for k in range(K):
+            tr = np.flatnonzero(design.folds[r] != k)
+            train_by[(r, k)] = {g: tr[design.speaker_group[tr] == g] for g in range(G)}
+    available = min(len(v) for d in train_by.values() for v in d.values())
+    n_spk = 0
+    if kinds:
+        n_spk = available if n_speakers is None else int(n_speakers)
+        if not 1 <= n_spk <= available:
+            raise DataError(f"n_speakers={n_spk}: the smallest group has {available} training speaker(s) in some "
+                            "fold; size-matched probes need at least 1")
+    specs: list[tuple[str, str | None, list[int]]] = []
+    for kind in MATCHED_KINDS:
+        if kind not in kinds:
             continue
-        if k == "pooled":
-            specs.append((k, None, groups))
-        elif k == "group":
-            specs.extend((k, g, [g]) for g in groups)
+        if kind == "pooled":
+            specs.append((kind, None, list(range(G))))
+        elif kind == "group":
+            specs.extend((kind, design.group_names[g], [g]) for g in range(G))
         else:
-            specs.extend((k, g, [h for h in groups if h != g]) for g in groups)
+            specs.extend((kind, design.group_names[g], [h for h in range(G) if h != g]) for g in range(G))
 
-    chosen: list[tuple[str, str | None, int, list[str], np.random.Generator]] = []
-    for s in seeds:
-        rng = np.random.default_rng([int(base_seed), int(s)])
+    drawn: list[tuple[str, str | None, int, int, list[int], np.random.Generator]] = []
+    for (r, k), by_group in train_by.items():
         for kind, g, eligible in specs:
-            quota = _spread(n_spk, eligible, rng)
-            spk: list[str] = []
+            gen = rng.derive(seed, "population", r, k, kind, g or "")
+            quota = _spread(n_spk, eligible, gen)
+            spk: list[int] = []
             for h in eligible:
                 if quota[h]:
-                    spk.extend(rng.choice(by_group[h], size=quota[h], replace=False).tolist())
-            chosen.append((kind, g, int(s), sorted(spk), rng))
-    totals = [sum(len(rows_by_spk[x]) for x in spk) for _, _, _, spk, _ in chosen]
-    n_tok = min(totals) if n_tokens is None else int(n_tokens)
-    if not n_spk <= n_tok <= min(totals):
-        raise ValueError(f"n_tokens={n_tok}: must be between n_speakers={n_spk} and the smallest sampled "
-                         f"population's token total ({min(totals)})")
+                    spk.extend(gen.choice(by_group[h], size=quota[h], replace=False).tolist())
+            drawn.append((kind, g, r, k, sorted(spk), gen))
+    n_tok = 0
+    if drawn:
+        totals = [int(n_tok_spk[spk].sum()) for *_, spk, _ in drawn]
+        n_tok = min(totals) if n_tokens is None else int(n_tokens)
+        if not n_spk <= n_tok <= min(totals):
+            raise DataError(f"n_tokens={n_tok}: must be between n_speakers={n_spk} and the smallest sampled "
+                            f"population's token total ({min(totals)})")
     out: list[Population] = []
-    for kind, g, s, spk, rng in chosen:
-        cap = np.array([len(rows_by_spk[x]) for x in spk])
-        alloc = _allocate(n_tok, cap)
-        rows = np.concatenate([rng.choice(rows_by_spk[x], size=a, replace=False) for x, a in zip(spk, alloc)])
-        out.append(Population(kind=kind, group=g, seed=s, speakers=tuple(spk), rows=np.sort(rows)))
+    matched = iter(drawn)
+    for (r, k), by_group in train_by.items():
+        tr = np.sort(np.concatenate(list(by_group.values())))
+        out.append(Population("all", None, r, k, tuple(int(s) for s in tr), np.concatenate([rows_of[s] for s in tr])))
+        for _ in specs:
+            kind, g, r2, k2, spk, gen = next(matched)
+            alloc = allocate(n_tok, n_tok_spk[spk])
+            rows = np.concatenate([gen.choice(rows_of[s], size=a, replace=False) for s, a in zip(spk, alloc)])
+            out.append(Population(kind, g, r2, k2, tuple(spk), np.sort(rows)))
+    for p in out:
+        p.rows.sort()
     return out, {"n_speakers": n_spk, "n_tokens": n_tok}
 
 
-def inner_split(pop: Population, speaker_of_row: pd.Series, *, val_fraction: float = 0.25,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Speaker-disjoint fit/validation split of a population's rows (for choosing the L2 strength).
+def inner_split(pop: Population, speaker_of_row: np.ndarray, *, val_fraction: float = 0.25, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Speaker-disjoint fit / validation rows of a population (for choosing the L2 strength), or ``None`` when it
+    has fewer than 2 speakers (then it inherits the λ of its fold's ``all`` probe).
 
     ``round(val_fraction * n_speakers)`` speakers (at least 1, leaving at least 1) go to validation.
+    ``speaker_of_row`` maps a source row to its speaker index.
     """
     if pop.n_speakers < 2:
-        raise ValueError(f"population {pop.label} (seed {pop.seed}) has {pop.n_speakers} speaker(s): cannot "
-                         "choose L2 on held-out training speakers; pass a single-value l2_grid")
+        return None
     n_val = min(pop.n_speakers - 1, max(1, int(round(val_fraction * pop.n_speakers))))
-    rng = np.random.default_rng([int(seed), int(pop.seed), 7919])
-    val_spk = set(rng.permutation(np.array(pop.speakers))[:n_val].tolist())
-    is_val = speaker_of_row.loc[pop.rows].isin(val_spk).to_numpy()
+    gen = rng.derive(seed, "inner-split", pop.repeat, pop.fold, pop.kind, pop.group or "")
+    val = set(gen.permutation(np.array(pop.speakers))[:n_val].tolist())
+    is_val = np.isin(speaker_of_row[pop.rows], list(val))
     return pop.rows[~is_val], pop.rows[is_val]
 
 
-__all__ = ["POPULATION_KINDS", "Population", "build_populations", "inner_split"]
+__all__ = ["MATCHED_KINDS", "POPULATION_KINDS", "Population", "allocate", "crossfit_populations", "inner_split"]

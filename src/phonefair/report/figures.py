@@ -26,76 +26,39 @@ _COLORS = plt.get_cmap("tab10").colors
 
 
 def layer_order(layers: pd.Series | list[str]) -> list[str]:
-    """Layer names in depth order: "cnn" first, then hidden states by index, then anything else."""
-    uniq = list(dict.fromkeys(str(x) for x in layers))
+    """Layer names in depth order (:func:`phonefair.layers.layer_order`)."""
+    from phonefair.layers import layer_order as order
 
-    def key(name: str) -> tuple[int, float, str]:
-        if name == "cnn":
-            return (0, -1.0, name)
-        head = name.split("_")[0]
-        return (1, float(head), name) if head.isdigit() else (2, 0.0, name)
-
-    return sorted(uniq, key=key)
+    return order(layers)
 
 
-def best_layer(group_gap: pd.DataFrame | None, probe_accuracy: pd.DataFrame | None = None) -> str | None:
-    """The layer with the highest overall accuracy (the headline layer), or None without data."""
-    if group_gap is not None and not group_gap.empty and "overall_accuracy" in group_gap:
-        g = group_gap.dropna(subset=["overall_accuracy"])
-        if not g.empty:
-            return str(g.loc[g["overall_accuracy"].idxmax(), "layer"])
-    if probe_accuracy is not None and not probe_accuracy.empty:
-        pa = _pooled_accuracy(probe_accuracy)
-        if not pa.empty:
-            m = pa.groupby("layer")["estimate"].mean()
-            return str(m.idxmax())
-    return None
-
-
-def _pooled_accuracy(pa: pd.DataFrame) -> pd.DataFrame:
-    out = pa
-    if "train_kind" in out:
-        out = out[out["train_kind"] == "pooled"]
-    if "metric" in out:
-        out = out[out["metric"] == "accuracy"]
-    return out
-
-
-def accuracy_by_layer(probe_accuracy: pd.DataFrame | None, group_gap: pd.DataFrame | None) -> Figure | None:
-    """Left: pooled-probe accuracy per test group across layers with CI bands. Right: best−worst gap with CI."""
-    pa = _pooled_accuracy(probe_accuracy) if probe_accuracy is not None else pd.DataFrame()
-    if pa.empty and (group_gap is None or group_gap.empty):
+def accuracy_by_layer(group_accuracy: pd.DataFrame | None) -> Figure | None:
+    """Left: each group's mean speaker accuracy (all-speaker probe, cross-fitted) per layer with t-interval bands.
+    Right: each group's gap to the reference / the other groups, with Welch intervals (positive = served worse)."""
+    if group_accuracy is None or group_accuracy.empty:
         return None
+    ga = group_accuracy.assign(layer=group_accuracy["layer"].astype(str))
+    order = layer_order(ga["layer"])
+    x = np.arange(len(order))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    ax = axes[0]
-    if not pa.empty:
-        order = layer_order(pa["layer"])
-        x = np.arange(len(order))
-        for i, (grp, d) in enumerate(pa.groupby("test_group", sort=True)):
-            d = d.set_index(d["layer"].astype(str)).reindex(order)
-            c = _COLORS[i % len(_COLORS)]
-            ax.plot(x, d["estimate"], marker="o", ms=3, color=c, label=str(grp))
-            if {"ci_low", "ci_high"} <= set(d.columns):
-                ax.fill_between(x, d["ci_low"].astype(float), d["ci_high"].astype(float), color=c, alpha=0.15)
+    for i, (grp, d) in enumerate(ga.groupby("group", sort=True)):
+        d = d.set_index("layer").reindex(order)
+        c = _COLORS[i % len(_COLORS)]
+        axes[0].plot(x, 100 * d["accuracy"], marker="o", ms=3, color=c, label=str(grp))
+        axes[0].fill_between(x, 100 * d["accuracy_ci_low"].astype(float), 100 * d["accuracy_ci_high"].astype(float),
+                             color=c, alpha=0.15)
+        axes[1].plot(x, 100 * d["gap"], marker="o", ms=3, color=c, label=str(grp))
+        axes[1].fill_between(x, 100 * d["gap_ci_low"].astype(float), 100 * d["gap_ci_high"].astype(float),
+                             color=c, alpha=0.15)
+    for ax in axes:
         ax.set_xticks(x, order, rotation=0 if len(order) < 16 else 90)
-        ax.legend(fontsize=8, title="test group", title_fontsize=8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("phone accuracy (pooled probe)")
-    ax.set_title("Accuracy per group (95% CI bands)", fontsize=10)
-    ax = axes[1]
-    if group_gap is not None and not group_gap.empty:
-        order = layer_order(group_gap["layer"])
-        d = group_gap.set_index(group_gap["layer"].astype(str)).reindex(order)
-        x = np.arange(len(order))
-        ax.plot(x, d["gap"], marker="o", ms=3, color="black")
-        if {"gap_ci_low", "gap_ci_high"} <= set(d.columns):
-            ax.fill_between(x, d["gap_ci_low"].astype(float), d["gap_ci_high"].astype(float), color="grey",
-                            alpha=0.3)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(x, order, rotation=0 if len(order) < 16 else 90)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("best − worst group accuracy")
-    ax.set_title("Group gap (95% CI)", fontsize=10)
+        ax.set_xlabel("layer")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("phone accuracy (%)")
+    axes[0].set_title("Accuracy per group (95% CI)", fontsize=10)
+    axes[1].set_ylabel("gap (percentage points)")
+    axes[1].set_title("Gap to the others (positive = served worse; 95% CI)", fontsize=10)
+    axes[0].legend(fontsize=8, title="group", title_fontsize=8)
     return fig
 
 

@@ -43,17 +43,17 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em;max-height:30
 SECTIONS: list[tuple[str, str]] = [
     ("headline", "Headline"),
     ("data", "Data summary"),
-    ("accuracy", "Layerwise accuracy per group"),
-    ("heatmaps", "Training population × test group"),
-    ("benefit", "In-group benefit"),
+    ("verdict", "Verdicts: served worse? where? why?"),
+    ("accuracy", "Accuracy and gap per group and layer"),
+    ("mechanism", "Why: shift and spread of the groups served worse"),
+    ("benefit", "In-group benefit and transfer"),
     ("variance", "Speaker variance vs accuracy"),
     ("decomposition", "Bias / variance decomposition"),
-    ("phones", "Most shifted phones"),
-    ("verdict", "Typology verdict"),
     ("comparison", "Before / after"),
     ("provenance", "Provenance"),
 ]
-COMPARISON_TABLES = ("change_accuracy", "change_gap", "change_benefit", "change_variance")
+COMPARISON_TABLES = ("change_accuracy", "change_gap", "change_variance", "change_shift", "change_benefit",
+                     "verdict_transitions")
 
 
 def _e(x: Any) -> str:
@@ -138,31 +138,22 @@ def _small_multiple_layers(order: list[str], best: str | None, k: int = 4) -> li
     return [x for x in order if x in picked]
 
 
-def _headline(summary: Mapping[str, Any]) -> str:
+def _headline(summary: Mapping[str, Any], caveats: list[str]) -> str:
     encs = summary.get("encoders") or {}
-    if not encs:
-        return '<p class="na">not computed (no summary)</p>'
     out = []
+    for c in caveats:
+        out.append(f'<p class="banner">{_e(c)}</p>')
+    if not encs:
+        return "".join(out) + '<p class="na">not computed (no analysis yet)</p>'
     for name, s in encs.items():
-        items = []
-        if s.get("best_layer") is not None:
-            items.append(f"headline layer <b>{_e(s['best_layer'])}</b> (highest overall accuracy"
-                         + (f" {s['overall_accuracy']:.3f}" if s.get("overall_accuracy") is not None else "")
-                         + ")")
-        if s.get("worst_group") is not None:
-            gap = s.get("gap")
-            gap_txt = (f"; gap to best group {_e(s.get('best_group'))}: {gap:.3f} "
-                       f"[{s.get('gap_ci_low', float('nan')):.3f}, {s.get('gap_ci_high', float('nan')):.3f}]"
-                       if gap is not None else "")
-            items.append(f"worst group <b>{_e(s['worst_group'])}</b>{gap_txt}")
-        for b in s.get("in_group_benefit", []):
-            items.append(f"in-group benefit {_e(b['group'])}: {b['delta']:+.3f} [{b['ci_low']:+.3f}, "
-                         f"{b['ci_high']:+.3f}]" + (" (significant)" if b.get("significant") else ""))
-        for v in s.get("verdicts", []):
-            items.append(f"{_e(v['group'])}: <b>{_e(v['verdict'])}</b>"
-                         + (f" — {_e(v['evidence'])}" if v.get("evidence") else ""))
-        lis = "".join(f"<li>{i}</li>" for i in items) or '<li class="na">no headline numbers</li>'
-        out.append(f"<h3>{_e(name)}</h3><ul class='headline'>{lis}</ul>")
+        acc = s.get("overall_accuracy")
+        head = f"headline layer <b>{_e(s.get('headline_layer'))}</b>"
+        if acc is not None:
+            head += f", accuracy {100 * acc:.1f} %"
+        items = [f"<li>{_e(v.get('sentence'))}</li>" for v in s.get("verdicts", [])]
+        out.append(f"<h3>{_e(name)}</h3><p>{head}</p><ul class='headline'>{''.join(items)}</ul>")
+    for w in summary.get("warnings", []):
+        out.append(f'<p class="muted">warning: {_e(w)}</p>')
     return "".join(out)
 
 
@@ -193,121 +184,69 @@ def _data_section(tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any]
     return "".join(parts)
 
 
-def _shifted_phones(dec: pd.DataFrame | None, phone_acc: pd.DataFrame | None, layer: str | None,
-                    k: int = 5) -> str:
-    if dec is None or layer is None:
-        return _na("decomposition")
-    d = dec.assign(layer=dec["layer"].astype(str))
-    d = d[(d["layer"] == layer) & (d["phone"].astype(str) != "*")]
-    if "space" in d:
-        space = "raw" if (d["space"] == "raw").any() else str(d["space"].iloc[0]) if len(d) else "raw"
-        d = d[d["space"] == space]
-    if d.empty:
-        return _na("per-phone decomposition")
-    top = (d.sort_values("shift_sq", ascending=False).groupby("group", sort=True).head(k)
-           .sort_values(["group", "shift_sq"], ascending=[True, False]))
-    cols = [c for c in ["group", "phone", "shift_sq", "shift_ci_low", "shift_ci_high", "share_systematic",
-                        "n_speakers", "n_tokens"] if c in top.columns]
-    top = top[cols]
-    if phone_acc is not None:
-        p = phone_acc.assign(layer=phone_acc["layer"].astype(str))
-        p = p[p["layer"] == layer][[c for c in ["group", "phone", "accuracy", "top_confusion"] if c in p]]
-        top = top.merge(p, on=["group", "phone"], how="left")
-    return (f'<p class="muted">Top {k} phones per group by squared shift from the reference at layer '
-            f"{_e(layer)}; accuracy and most frequent confusion from the pooled probe.</p>"
-            + _table_html(top, name="decomposition"))
-
-
 def write_report(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any],
-                 provenance: Mapping[str, Any], *, title: str = "phonefair report",
-                 banner: str | None = None) -> Path:
+                 provenance: Mapping[str, Any], *, title: str | None = None,
+                 caveats: list[str] | None = None) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and the figures under ``out_dir/figures``.
 
-    ``tables`` follows the result-table contract (``probe_accuracy``, ``group_gap``, ``in_group_benefit``,
-    ``speaker_accuracy``, ``phone_accuracy``, ``decomposition``, ``speaker_variance``, ``variance_accuracy``,
-    ``verdict``, …, plus ``group_summary`` / ``excluded`` / ``problems`` for the data section); tables of
-    several encoders carry an ``encoder`` column. ``banner`` (or ``summary["demo"]``) shows a warning banner.
+    ``tables``: the audit's tables (``verdict``, ``group_accuracy``, ``in_group_benefit``, ``decomposition``, …,
+    plus ``group_summary`` / ``excluded`` / ``problems`` for the data section); tables of several encoders carry an
+    ``encoder`` column. ``caveats`` are shown above the headline.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = _Figures(out)
-    if banner is None and summary.get("demo"):
-        banner = DEMO_BANNER
+    title = title or "phonefair report"
+    caveats = list(caveats or [])
+    if (summary.get("corpus") or {}).get("synthetic"):
+        caveats.append(DEMO_BANNER)
     encs = _encoder_names(tables)
     n_enc = len(encs)
-    body: dict[str, str] = {}
-
-    body["headline"] = _headline(summary)
-    body["data"] = _data_section(tables, summary)
-
-    acc, heat, ben, var, dec, phones, verd = ([] for _ in range(7))
+    body: dict[str, str] = {"headline": _headline(summary, caveats), "data": _data_section(tables, summary)}
+    verd, acc, mech, ben, var, dec = ([] for _ in range(6))
     for enc in encs:
         h = _heading(enc, n_enc)
-        pa, gg = _sub(tables, "probe_accuracy", enc), _sub(tables, "group_gap", enc)
-        best = F.best_layer(gg, pa)
-        fig = F.accuracy_by_layer(pa, gg)
-        acc.append(h + (figs.img(fig, _stem(enc, "accuracy_by_layer"), "accuracy by layer")
-                        + (_table_html(gg, name="group_gap") if gg is not None else "")
-                        if fig is not None else _na("probe_accuracy / group_gap")))
-        if pa is not None:
-            layers = _small_multiple_layers(F.layer_order(pa["layer"]), best)
-            fig = F.train_test_heatmaps(pa, layers)
-            tr = _sub(tables, "transfer", enc)
-            heat.append(h + (f'<p class="muted">Layers {", ".join(map(_e, layers))} (headline layer '
-                             f"{_e(best)}). Rows: training population; columns: test group.</p>"
-                             + figs.img(fig, _stem(enc, "train_test_heatmaps"), "train × test heatmaps")
-                             if fig is not None else _na("probe_accuracy"))
-                        + (("<h4>Transfer at the headline layer</h4>"
-                            + _table_html(tr[tr["layer"].astype(str) == str(best)], name="transfer"))
-                           if tr is not None else ""))
-        else:
-            heat.append(h + _na("probe_accuracy"))
-        b = _sub(tables, "in_group_benefit", enc)
-        fig = F.in_group_benefit(b, best)
-        ben.append(h + (figs.img(fig, _stem(enc, "in_group_benefit"), "in-group benefit")
-                        + _table_html(b[b["layer"].astype(str) == str(best)], name="in_group_benefit")
-                        if fig is not None and b is not None else _na("in_group_benefit")))
-        fig = F.variance_vs_accuracy(_sub(tables, "speaker_variance", enc), _sub(tables, "speaker_accuracy", enc),
-                                     best, variance_accuracy=_sub(tables, "variance_accuracy", enc))
-        va = _sub(tables, "variance_accuracy", enc)
-        var.append(h + (figs.img(fig, _stem(enc, "variance_vs_accuracy"), "speaker variance vs accuracy")
-                        if fig is not None else _na("speaker_variance / speaker_accuracy"))
-                   + (_table_html(va, name="variance_accuracy") if va is not None else ""))
-        d = _sub(tables, "decomposition", enc)
-        fig = F.decomposition_bars(d, best)
-        dstar = d[d["phone"].astype(str) == "*"] if d is not None else None
-        dec.append(h + (figs.img(fig, _stem(enc, "decomposition"), "bias/variance decomposition")
-                        + _table_html(dstar[dstar["layer"].astype(str) == str(best)], name="decomposition")
-                        if fig is not None and dstar is not None else _na("decomposition")))
-        phones.append(h + _shifted_phones(d, _sub(tables, "phone_accuracy", enc), best))
         v = _sub(tables, "verdict", enc)
-        if v is not None:
-            vb = v[v["layer"].astype(str) == str(best)]
-            verd.append(h + f'<p class="muted">At the headline layer {_e(best)}; all layers in tables/verdict.csv'
-                            "</p>" + _table_html(vb if not vb.empty else v, name="verdict"))
-        else:
-            verd.append(h + _na("verdict"))
-    body.update(accuracy="".join(acc), heatmaps="".join(heat), benefit="".join(ben), variance="".join(var),
-                decomposition="".join(dec), phones="".join(phones), verdict="".join(verd))
-    if changes := [(name, tables[name]) for name in COMPARISON_TABLES if name in tables]:  # optional section
-        body["comparison"] = (
-            '<p class="muted">Change after − before (e.g. fine-tuned − original encoder) on the same held-out '
-            'speakers and layers, with paired speaker-clustered CIs; figures in comparison.html.</p>'
-            + "".join(f"<h3>{_e(name.replace('_', ' '))}</h3>" + _table_html(df, name=name) for name, df in changes))
-    body["provenance"] = ("<pre>" + _e(json.dumps(provenance, indent=2, default=str, sort_keys=False))
-                          + "</pre>")
-
+        verd.append(h + (_table_html(v, name="verdict") if v is not None else _na("verdict")))
+        ga = _sub(tables, "group_accuracy", enc)
+        fig = F.accuracy_by_layer(ga)
+        acc.append(h + (figs.img(fig, _stem(enc, "accuracy_by_layer"), "accuracy and gap by layer")
+                        + _table_html(ga, name="group_accuracy") if fig is not None else _na("group_accuracy")))
+        m = _sub(tables, "mechanism", enc)
+        sh = _sub(tables, "shares", enc)
+        ps = _sub(tables, "phone_shift", enc)
+        mech.append(h + (_table_html(m, name="mechanism") if m is not None else
+                         '<p class="muted">No group is served worse: no mechanism to explain.</p>')
+                    + (_table_html(sh, name="shares") if sh is not None else "")
+                    + (_table_html(ps.sort_values("p_value").head(20), name="phone_shift") if ps is not None
+                       else ""))
+        ib = _sub(tables, "in_group_benefit", enc)
+        tr = _sub(tables, "transfer", enc)
+        ben.append(h + (_table_html(ib, name="in_group_benefit") if ib is not None else _na("in_group_benefit"))
+                   + (_table_html(tr, name="transfer") if tr is not None else ""))
+        va = _sub(tables, "variance_accuracy", enc)
+        var.append(h + (_table_html(va, name="variance_accuracy") if va is not None else _na("variance_accuracy")))
+        d = _sub(tables, "decomposition", enc)
+        dstar = d[d["phone"].astype(str) == "*"] if d is not None else None
+        dec.append(h + (_table_html(dstar, name="decomposition") if dstar is not None else _na("decomposition")))
+    body.update(verdict="".join(verd), accuracy="".join(acc), mechanism="".join(mech), benefit="".join(ben),
+                variance="".join(var), decomposition="".join(dec))
+    if changes := [(name, tables[name]) for name in COMPARISON_TABLES if name in tables]:
+        body["comparison"] = "".join(f"<h3>{_e(name.replace('_', ' '))}</h3>" + _table_html(df, name=name)
+                                     for name, df in changes)
+    body["provenance"] = "<pre>" + _e(json.dumps(provenance, indent=2, default=str)) + "</pre>"
     shown = [(a, t) for a, t in SECTIONS if a in body]
     nav = "<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in shown) + "</nav>"
     sections = "".join(f'<section id="{a}"><h2>{_e(t)}</h2>{body[a]}</section>' for a, t in shown)
-    ban = f'<p class="banner">{_e(banner)}</p>' if banner else ""
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>{ban}{nav}{sections}"
-            f"<p class='muted'>Generated by phonefair {_e(provenance.get('versions', {}).get('phonefair', ''))}."
-            f" Figures are also in figures/ (PNG, SVG); tables in tables/ (Parquet, CSV).</p></body></html>")
+            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>{nav}{sections}"
+            f"<p class='muted'>Generated by phonefair. Figures are also in figures/ (PNG, SVG); tables in tables/ "
+            f"(Parquet, CSV).</p></body></html>")
     path = out / "report.html"
-    tmp = out / ".report.html.tmp"
+    from phonefair.io import temp_path
+
+    tmp = temp_path(path)
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -3,5 +3,8 @@
 from phonefair.store.base import EmbeddingSource, InMemoryEmbeddings, LayerName
 from phonefair.store.disk import EmbeddingStore, StoreError, StoreLockedError, open_store
 
-__all__ = ["EmbeddingSource", "EmbeddingStore", "InMemoryEmbeddings", "LayerName", "StoreError",
+#: the public name of in-memory phone-token embeddings (``phonefair.Embeddings.from_numpy(...)``)
+Embeddings = InMemoryEmbeddings
+
+__all__ = ["EmbeddingSource", "Embeddings", "EmbeddingStore", "InMemoryEmbeddings", "LayerName", "StoreError",
            "StoreLockedError", "open_store"]

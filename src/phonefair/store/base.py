@@ -37,17 +37,39 @@ class EmbeddingSource(Protocol):
 
 
 class InMemoryEmbeddings:
-    """An :class:`EmbeddingSource` held in memory (simulations, tests, small experiments)."""
+    """An :class:`EmbeddingSource` held in memory (simulations, tests, embeddings computed elsewhere).
 
-    def __init__(self, tokens: pd.DataFrame, arrays: Mapping[LayerName, np.ndarray],
+    ``phonefair.Embeddings`` is this class; :meth:`from_numpy` is the convenient way in.
+    """
+
+    def __init__(self, tokens: pd.DataFrame, arrays: Mapping[LayerName | int, np.ndarray],
                  provenance: dict[str, Any] | None = None) -> None:
+        from phonefair.errors import DataError
+        from phonefair.layers import layer_order
+
         self.tokens = tokens.reset_index(drop=True)
+        # layer names are strings everywhere (``6`` and ``"6"`` are the same layer); kept in depth order
         self._arrays = {str(k): np.asarray(v) for k, v in arrays.items()}
+        if not self._arrays:
+            raise DataError("embeddings: no layer given")
         for name, a in self._arrays.items():
             if a.ndim != 2 or a.shape[0] != len(self.tokens):
-                raise ValueError(f"layer {name!r}: expected shape [{len(self.tokens)}, dim], got {a.shape}")
-        self.layers = list(self._arrays)
+                raise DataError(f"layer {name!r}: expected shape [{len(self.tokens)}, dim] (one row per token), "
+                                f"got {a.shape}")
+        self.layers = layer_order(self._arrays)
         self.provenance = dict(provenance or {})
+
+    @classmethod
+    def from_numpy(cls, layers: Mapping[LayerName | int, np.ndarray] | np.ndarray, *, speaker: Sequence[Any],
+                   phone: Sequence[Any], provenance: dict[str, Any] | None = None, **columns: Sequence[Any]
+                   ) -> InMemoryEmbeddings:
+        """Phone-token embeddings from arrays: ``layers`` is ``{layer: [n_tokens, dim]}`` (or one array, layer
+        ``"0"``); ``speaker`` and ``phone`` label every row; other keyword columns (``recording_id``, ``start``,
+        ...) are kept in the token table."""
+        arrays = {"0": layers} if isinstance(layers, np.ndarray) else dict(layers)
+        tokens = pd.DataFrame({"speaker": np.asarray(speaker).astype(str), "phone": np.asarray(phone).astype(str),
+                               **{k: np.asarray(v) for k, v in columns.items()}})
+        return cls(tokens, arrays, provenance={"source": "Embeddings.from_numpy", **(provenance or {})})
 
     def read(self, layer: LayerName, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         try:

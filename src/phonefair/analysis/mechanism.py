@@ -1,0 +1,197 @@
+"""Why is a group served worse? Shift (systematic) and spread (random) tests for the groups found served worse.
+
+For a group ``g`` served worse, the comparison set ``C_g`` is the groups it is significantly less accurate than
+(reference mode: the reference). At the layers where it is served worse, in every analysed space (raw embedding
+space and the discriminant space), ``g``'s speakers are compared with ``C_g``'s speakers pooled:
+
+* **systematic**: the studentised squared distance between ``g``'s and ``C_g``'s phone means, averaged over phones
+  (:mod:`~phonefair.analysis.shift_tests`);
+* **random**: the Welch t of the speakers' normalised phoneme variance, one-sided (``g`` more variable).
+
+**Combining spaces and layers** (a stated, calibrated rule): every (layer, space) statistic gets its permutation
+p-value from one shared set of label permutations of ``g ∪ C_g`` speakers; the evidence is the smallest of those
+p-values, and its own permutation distribution (the min-p over the same permutations; Westfall & Young 1993) gives
+the combined p-value. So a shift that only the raw space sees (few phones, a direction the discriminant space
+drops) and one only the discriminant space sees are both found, at the stated level. The (layer, space) with the
+smallest p-value is reported as the one that carried the evidence. Across the groups served worse, each
+mechanism's p-values are Holm-adjusted.
+
+**Shares** (at the group's peak layer, in each space, with a speaker-bootstrap interval): the *systematic excess*
+is the squared distance between the phone means (summed over dimensions, averaged over phones); the *random
+excess* is how much larger the expected squared distance of a token from its own group's phone mean is for ``g``
+than for ``C_g`` (``D × [(σ²_b + σ²_w)_g − (σ²_b + σ²_w)_C]``, per-dimension variances times dimensions). Both are
+squared distances in the same units, so ``share_systematic = sys⁺ / (sys⁺ + rand⁺)`` (``x⁺ = max(x, 0)``) says which
+kind of error makes ``g``'s tokens farther from where the others' are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from phonefair import rng
+from phonefair.analysis.decomposition import components, group_moments, nanmean_last
+from phonefair.analysis.shift_tests import label_permutations, null_statistics, pair_statistics, percentile, subset
+from phonefair.analysis.sufficient import SpaceStats
+from phonefair.audit.design import Design
+from phonefair.stats import benjamini_hochberg, cluster_bootstrap_weights, holm
+
+__all__ = ["MechanismPlan", "plan_mechanisms", "mechanism_tables"]
+
+
+@dataclass
+class MechanismPlan:
+    """What to test for one group served worse, and the statistics collected layer by layer."""
+
+    group: int
+    comparison: list[int]
+    layers: list[str]
+    peak_layer: str
+    idx: np.ndarray  # speaker indices of g ∪ C_g
+    labels: np.ndarray  # True for g's speakers (within idx)
+    perms: np.ndarray  # [B, len(idx)] permuted labels, shared by every layer and space
+    shift_obs: dict[tuple[str, str], float] = field(default_factory=dict)
+    shift_null: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    var_obs: dict[tuple[str, str], float] = field(default_factory=dict)
+    var_null: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    phone_rows: list[dict[str, Any]] = field(default_factory=list)
+    share_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def collect(self, layer: str, space: str, st: SpaceStats, scale: np.ndarray, phones: list[str], *,
+                n_boot: int, level: float, seed: int) -> None:
+        """Observed and permutation statistics of this (layer, space); phone p-values and shares at the peak."""
+        sub = subset(st, self.idx)
+        has = sub.has
+        common = (has[self.labels].sum(0) >= 2) & (has[~self.labels].sum(0) >= 2)
+        obs = pair_statistics(sub, self.labels[None], common, scale)
+        null = null_statistics(sub, self.perms, common, scale)
+        key = (layer, space)
+        self.shift_obs[key], self.shift_null[key] = float(obs.t_star[0]), null.t_star
+        self.var_obs[key], self.var_null[key] = float(obs.var_t[0]), null.var_t
+        if layer != self.peak_layer:
+            return
+        B = len(self.perms)
+        with np.errstate(invalid="ignore"):
+            p_phone = (1 + np.sum(null.t_phone >= obs.t_phone[0][None] - 1e-12, axis=0)) / (B + 1)
+        p_phone = np.where(np.isnan(obs.t_phone[0]), np.nan, p_phone)
+        w = np.stack([self.labels, ~self.labels])[None].astype(float)
+        c = components(group_moments(sub, w))
+        for pi, ph in enumerate(phones):
+            self.phone_rows.append({"layer": layer, "space": space, "phone": ph, "shift_sq": c.D[0, 0, 1, pi],
+                                    "t": obs.t_phone[0, pi], "p_value": p_phone[pi]})
+        self.share_rows.append({"layer": layer, "space": space,
+                                **_shares(sub, self.labels, common, n_boot=n_boot, level=level,
+                                          seed=rng.derive_seed(seed, "shares", self.group, layer, space))})
+
+
+def plan_mechanisms(design: Design, decisions: pd.DataFrame, *, n_perm: int, seed: int) -> list[MechanismPlan]:
+    """One plan per group served worse (``decisions`` of :func:`~phonefair.analysis.served.served_worse`)."""
+    names = design.group_names
+    plans = []
+    for _, d in decisions[decisions["served_worse"]].iterrows():
+        g = names.index(str(d["group"]))
+        comp = [names.index(x.strip()) for x in str(d["worse_than"]).split(",") if x.strip()]
+        layers = [x.strip() for x in str(d["layers"]).split(",") if x.strip()]
+        idx = np.flatnonzero(np.isin(design.speaker_group, [g, *comp]))
+        labels = design.speaker_group[idx] == g
+        perms = label_permutations(labels, n_perm, rng.derive(seed, "mechanism", names[g]))
+        plans.append(MechanismPlan(group=g, comparison=comp, layers=layers, peak_layer=str(d["peak_layer"]),
+                                   idx=idx, labels=labels, perms=perms))
+    return plans
+
+
+def _shares(sub: SpaceStats, labels: np.ndarray, common: np.ndarray, *, n_boot: int, level: float, seed: int
+            ) -> dict[str, float]:
+    """Systematic and random excess (module docstring) with speaker-bootstrap intervals (within each set)."""
+    members = [np.flatnonzero(labels), np.flatnonzero(~labels)]
+    strata = labels.astype(int)
+    _, Wb = cluster_bootstrap_weights(np.arange(len(labels)), n_boot, seed=seed, strata=strata)
+    onehot = np.stack([labels, ~labels]).astype(float)
+    w = np.concatenate([onehot[None], Wb[:, None, :] * onehot[None]])  # replicate 0 = observed
+
+    def stats(wb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = components(group_moments(sub, wb, members=members))
+        sys = nanmean_last(c.D[:, 0, 1, :], common)
+        tot = c.between + c.within  # per-dim
+        rand = (nanmean_last(tot[:, 0, :], common) - nanmean_last(tot[:, 1, :], common)) * sub.dim
+        return sys, rand
+
+    sys_all, rand_all = [], []
+    for a in range(0, len(w), 200):
+        s_, r_ = stats(w[a:a + 200])
+        sys_all.append(s_)
+        rand_all.append(r_)
+    sys, rand = np.concatenate(sys_all), np.concatenate(rand_all)
+    sp, rp = np.maximum(sys, 0), np.maximum(rand, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(sp + rp > 0, sp / (sp + rp), np.nan)
+    out: dict[str, float] = {}
+    for name, v in (("systematic_excess", sys), ("random_excess", rand), ("share_systematic", share)):
+        lo, hi = percentile(v[1:], level)
+        out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(v[0]), float(lo), float(hi)
+    return out
+
+
+def _combined(obs: dict[tuple[str, str], float], null: dict[tuple[str, str], np.ndarray]
+              ) -> tuple[float, tuple[str, str] | None, dict[tuple[str, str], float]]:
+    """min-p combination over (layer, space) components sharing one set of permutations."""
+    keys = [k for k in obs if np.isfinite(obs[k])]
+    if not keys:
+        return float("nan"), None, {}
+    o = np.array([obs[k] for k in keys])
+    nl = np.stack([null[k] for k in keys], axis=1)  # [B, m]
+    nl = np.where(np.isnan(nl), -np.inf, nl)
+    B = nl.shape[0]
+    p_obs = (1 + (nl >= o[None] - 1e-12).sum(0)) / (B + 1)
+    # p-value of every null row against the null distribution (rank, ties counted as exceedances)
+    srt = np.sort(nl, axis=0)
+    p_null = (1 + B - np.stack([np.searchsorted(srt[:, j], nl[:, j], side="left") for j in range(len(keys))],
+                               axis=1)) / (B + 1)
+    m_obs = p_obs.min()
+    m_null = p_null.min(1)
+    p = (1 + np.sum(m_null <= m_obs + 1e-15)) / (B + 1)
+    return float(p), keys[int(np.argmin(p_obs))], dict(zip(keys, p_obs.tolist()))
+
+
+def mechanism_tables(plans: list[MechanismPlan], design: Design, *, alpha: float, fdr_alpha: float
+                     ) -> dict[str, pd.DataFrame]:
+    """``mechanism`` (one row per group served worse), ``mechanism_components`` (per layer and space),
+    ``phone_shift`` (per phone at the peak layer, BH across phones) and ``shares``."""
+    names = design.group_names
+    rows, comp_rows, phone_rows, share_rows = [], [], [], []
+    for plan in plans:
+        g = names[plan.group]
+        ps, ks, comp_s = _combined(plan.shift_obs, plan.shift_null)
+        pv, kv, comp_v = _combined(plan.var_obs, plan.var_null)
+        rows.append({"group": g, "compared_with": ", ".join(names[h] for h in plan.comparison),
+                     "layers": ", ".join(plan.layers), "peak_layer": plan.peak_layer,
+                     "p_systematic": ps, "systematic_evidence": None if ks is None else f"layer {ks[0]}, {ks[1]}",
+                     "p_random": pv, "random_evidence": None if kv is None else f"layer {kv[0]}, {kv[1]}",
+                     "n_perm": len(plan.perms)})
+        for (layer, space), p in comp_s.items():
+            comp_rows.append({"group": g, "layer": layer, "space": space, "mechanism": "systematic",
+                              "statistic": plan.shift_obs[(layer, space)], "p_value": p})
+        for (layer, space), p in comp_v.items():
+            comp_rows.append({"group": g, "layer": layer, "space": space, "mechanism": "random",
+                              "statistic": plan.var_obs[(layer, space)], "p_value": p})
+        pr = pd.DataFrame(plan.phone_rows)
+        if len(pr):
+            for _, sub in pr.groupby("space"):
+                q, _ = benjamini_hochberg(sub["p_value"].to_numpy(), fdr_alpha)
+                pr.loc[sub.index, "q_value"] = q
+            pr["significant"] = (pr["q_value"] <= fdr_alpha).fillna(False)
+            phone_rows.append(pr.assign(group=g))
+        share_rows.extend({"group": g, **r} for r in plan.share_rows)
+    mech = pd.DataFrame(rows, columns=["group", "compared_with", "layers", "peak_layer", "p_systematic",
+                                       "systematic_evidence", "p_random", "random_evidence", "n_perm"])
+    for col in ("p_systematic", "p_random"):
+        adj = holm(mech[col].to_numpy(dtype=float))
+        mech[col.replace("p_", "p_adj_")] = adj
+        mech[col.replace("p_", "") + "_significant"] = adj <= alpha
+    phone = pd.concat(phone_rows, ignore_index=True) if phone_rows else pd.DataFrame(
+        columns=["group", "layer", "space", "phone", "shift_sq", "t", "p_value", "q_value", "significant"])
+    return {"mechanism": mech, "mechanism_components": pd.DataFrame(comp_rows), "phone_shift": phone,
+            "shares": pd.DataFrame(share_rows)}
