@@ -39,6 +39,7 @@ against 0.676-0.708 for MFCC + Δ + ΔΔ (docs/baselines.md): a small gain for t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,9 +102,11 @@ class AcousticEncoder:
         from transformers.audio_utils import mel_filter_bank, window_function
 
         self._window = window_function(RECEPTIVE_FIELD, "hann", periodic=True)
-        self._mel = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=self.n_mels,
-                                    min_frequency=self.fmin, max_frequency=self.fmax, sampling_rate=SAMPLE_RATE,
-                                    norm="slaney", mel_scale="slaney")
+        with warnings.catch_warnings():  # an empty filter is reported below as a ConfigError instead
+            warnings.simplefilter("ignore", UserWarning)
+            self._mel = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=self.n_mels,
+                                        min_frequency=self.fmin, max_frequency=self.fmax, sampling_rate=SAMPLE_RATE,
+                                        norm="slaney", mel_scale="slaney")
         if (self._mel.sum(axis=0) == 0).any():  # too many bands for the frequency range: some see no FFT bin
             raise ConfigError(f"acoustic encoder: n_mels={n_mels} is too many for {fmin}-{fmax} Hz at n_fft="
                               f"{N_FFT}: some mel filters contain no FFT bin")
