@@ -183,6 +183,16 @@ def test_bad_settings_and_input_fail_clearly() -> None:
         AcousticEncoder().frames(np.zeros((2, 800), np.float32))
 
 
+def test_survives_pickling_for_ray_actors() -> None:
+    import pickle
+
+    enc = AcousticEncoder(n_mels=40)
+    x = _speechlike(8_000)
+    clone = pickle.loads(pickle.dumps(enc))
+    for k, v in enc.frames(x).items():
+        np.testing.assert_array_equal(clone.frames(x)[k], v)
+
+
 def test_identity_names_every_parameter() -> None:
     base = AcousticEncoder().identity()
     for kw in ({"n_mels": 40}, {"n_mfcc": 12}, {"delta_width": 3}, {"fmin": 20.0}, {"fmax": 7600.0},
