@@ -145,7 +145,7 @@ class AcousticEncoder:
 
         spec = spectrogram(normalise_waveform(x), self._window, frame_length=RECEPTIVE_FIELD, hop_length=HOP,
                            fft_length=N_FFT, power=2.0, center=False, mel_filters=self._mel, mel_floor=1e-10,
-                           log_mel="dB", reference=1.0, min_value=1e-10, db_range=self.top_db, dtype=np.float64)
+                           log_mel="dB", reference=1.0, min_value=1e-10, db_range=self.top_db, dtype=np.dtype(np.float64))
         return np.asarray(spec, dtype=np.float64).T
 
     def _mfcc(self, logmel: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from phonefair.layers import layer_order, relative_depth
@@ -34,9 +35,10 @@ READING_MARKERS: dict[str, str] = {"amplified": "^", "created": "*", "reduced": 
 _BASELINE_X = relative_depth("baseline", [])  # -0.15: where every non-hierarchical feature set sits
 
 
-def group_colors(groups: Sequence[str]) -> dict[str, Any]:
-    """``{group: colour}``: tab10 in sorted group order (the order of phonefair.report.figures)."""
-    palette = colormaps["tab10"].colors
+def group_colors(groups: Sequence[str]) -> dict[str, str]:
+    """``{group: hex colour}``: tab10 in sorted group order (the order of phonefair.report.figures)."""
+    cmap = colormaps["tab10"]
+    palette = [to_hex(cmap(i)) for i in range(cmap.N)]
     return {g: palette[i % len(palette)] for i, g in enumerate(sorted(str(x) for x in groups))}
 
 
@@ -168,5 +170,6 @@ def _decorate(ax: Axes, group: str, layers: list[str], best_layer: str | None, b
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title(group, fontsize=9)
     ax.set_xlabel("relative depth", fontsize=8)
-    if ax.get_subplotspec() is not None and ax.get_subplotspec().is_first_col():
+    spec = ax.get_subplotspec()
+    if spec is not None and spec.is_first_col():
         ax.set_ylabel(ylabel, fontsize=8)
