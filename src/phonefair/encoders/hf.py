@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from phonefair.encoders.acoustic import AcousticEncoder, is_acoustic, load_acoustic
 from phonefair.encoders.base import EncoderError, hf_quiet, normalise_waveform, parse_layers
 from phonefair.encoders.frames import HOP, WAV2VEC_GRID, WHISPER_GRID, FrameGrid, num_frames, whisper_num_frames
 
@@ -459,8 +460,11 @@ def _read_preprocessor(model: str, revision: str | None) -> tuple[dict[str, Any]
 def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
                  layers: str | int | Sequence[str | int] = "all", device: str = "cpu", dtype: Any = "float32",
                  include_cnn: bool = False, final_norm: bool | None = None, max_seconds: float = 40.0,
-                 long: str = "chunk", overlap_seconds: float | None = None) -> HFEncoder | WhisperEncoder:
-    """Load a speech encoder by hub id (``"facebook/wav2vec2-base"``) or local directory.
+                 long: str = "chunk", overlap_seconds: float | None = None
+                 ) -> HFEncoder | WhisperEncoder | AcousticEncoder:
+    """Load a speech encoder by hub id (``"facebook/wav2vec2-base"``) or local directory; ``"acoustic"`` gives the
+    acoustic baseline (:class:`~phonefair.encoders.acoustic.AcousticEncoder`, ``layers`` among ``logmel``, ``mfcc``;
+    the other arguments do not apply to it). A local directory named ``acoustic`` is ``"./acoustic"``.
 
     ``layers``: ``"all"``, a list, or ranges such as ``"0-4,8"`` (see :func:`~phonefair.encoders.base.parse_layers`).
     ``include_cnn`` adds ``"cnn"`` to ``"all"``. ``final_norm``: None (default) adds ``"<L>_norm"`` for
@@ -470,6 +474,8 @@ def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
     uses its own fixed window. ``device="auto"`` picks CUDA when available. Honours ``HF_HUB_OFFLINE``. Weights are
     loaded on the first forward pass.
     """
+    if is_acoustic(model):
+        return load_acoustic(layers, revision=revision)
     if device == "auto":  # the run configuration's default
         import torch
 
