@@ -2,6 +2,7 @@
 
 from phonefair.store.base import EmbeddingSource, InMemoryEmbeddings, LayerName
 from phonefair.store.disk import EmbeddingStore, StoreError, StoreLockedError, open_store
+from phonefair.store.projected import ProjectedEmbeddings, orthonormal_basis
 
-__all__ = ["EmbeddingSource", "EmbeddingStore", "InMemoryEmbeddings", "LayerName", "StoreError",
-           "StoreLockedError", "open_store"]
+__all__ = ["EmbeddingSource", "EmbeddingStore", "InMemoryEmbeddings", "LayerName", "ProjectedEmbeddings",
+           "StoreError", "StoreLockedError", "open_store", "orthonormal_basis"]
