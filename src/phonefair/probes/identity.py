@@ -67,6 +67,7 @@ class IdentitySettings:
     speaker_identity: bool = True
     recording_folds: int = 3  # folds over each speaker's recordings
     min_recordings: int = 2  # speakers with fewer recordings are skipped (reported in ``problems``)
+    speaker_l2: float = 0.01  # L2 strength of the speaker probe (many classes, many tokens: weaker than ``l2``)
     # dimension attribution
     attribution: bool = True
     top_k: int = 5  # size of the top sets whose stability is reported
@@ -100,8 +101,9 @@ class IdentitySettings:
         for name in ("subsample", "level", "fdr_alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"IdentitySettings.{name} must be in (0, 1), got {getattr(self, name)}")
-        if not self.l2 >= 0:
-            raise ConfigError(f"IdentitySettings.l2 must be >= 0, got {self.l2}")
+        for name in ("l2", "speaker_l2", "phone_l2"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"IdentitySettings.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.l1 < 1:
             raise ConfigError(f"IdentitySettings.l1 must be in (0, 1) (a fraction of the zeroing strength), "
                               f"got {self.l1}")
@@ -524,7 +526,7 @@ def speaker_identity_layer(xc: np.ndarray, data: IdentityData, design: SpeakerDe
     row_lists = [np.flatnonzero(fold != k) for k in range(K)]
     rows, w = _pad(row_lists, device)
     mask = _class_mask(y, row_lists, C, device)
-    l2 = torch.full((K, 1), float(settings.l2), device=device)
+    l2 = torch.full((K, 1), float(settings.speaker_l2), device=device)
     probes = fit_batched(x, torch.from_numpy(y).to(device), rows, w, mask, l2, _trainer(settings),
                          seed=derive_seed(settings.seed, "speaker_identity", layer))
     pred = probes.predict(x)[:, :, 0].cpu().numpy()[np.arange(len(use)), fold]
@@ -634,6 +636,7 @@ def _resolve_layers(source: EmbeddingSource, layers: Sequence[str] | None) -> li
 
 
 def _removal_layers(spec: str | Sequence[str], gi_rows: list[dict[str, Any]], layers: list[str]) -> list[str]:
+    """The layers of the removal experiment; called once before any work (``gi_rows`` empty: only validates)."""
     if isinstance(spec, str) and spec == "all":
         return layers
     if isinstance(spec, str) and spec == "peak":
@@ -661,6 +664,8 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
     t0 = time.perf_counter()
     dev = _device(st.device)
     use_layers = _resolve_layers(source, layers)
+    if st.removal:
+        _removal_layers(st.removal_layers, [], use_layers)  # a bad layer name fails before any work
     data = prepare_identity_data(source, groups, exclude_phones=st.exclude_phones)
     problems = list(data.problems)
     gdesign = group_design(data, st)
