@@ -51,7 +51,7 @@ def speaker_subsamples(speaker_group: np.ndarray, n: int, fraction: float, seed:
 
 # ------------------------------------------------------------------------------------------ sparse probe
 def l1_logistic(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float, n_classes: int, *,
-                max_iter: int = 1000, tol: float = 1e-5) -> np.ndarray:
+                max_iter: int = 500, tol: float = 1e-4) -> np.ndarray:
     """L1-penalised multinomial logistic regression, one fit per row of ``weights`` (batched FISTA).
 
     Objective of fit ``r``: ``sum_i w_ri CE(y_i, z_i W + b) / sum_i w_ri + alpha * ||W||_1`` (intercept not
@@ -166,14 +166,14 @@ def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray
     rows: list[dict[str, Any]] = []
 
     def emit(kind: str, measure: str, importance: np.ndarray, stability: np.ndarray, overlap: float,
-             variance: np.ndarray | None = None) -> None:
+             variance: np.ndarray | None = None, set_size: int = k) -> None:
         order = np.argsort(-importance, kind="stable")
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(1, len(order) + 1)
         for j in range(len(importance)):
             rows.append({"layer": layer, "kind": kind, "index": j, "measure": measure,
                          "importance": float(importance[j]), "stability": float(stability[j]),
-                         "rank": int(rank[j]), "top_k": k, "topk_overlap": overlap,
+                         "rank": int(rank[j]), "top_k": set_size, "topk_overlap": overlap,
                          "variance_fraction": float(variance[j]) if variance is not None else float("nan")})
 
     def in_top(values: np.ndarray) -> tuple[np.ndarray, float]:
@@ -212,7 +212,8 @@ def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray
     # subspace overlap of two subsamples: mean squared cosine of their principal angles
     pairs = [float(np.linalg.norm(a.T @ b) ** 2 / max(1, min(a.shape[1], b.shape[1])))
              for i, a in enumerate(bases) for b in bases[i + 1:]]
-    emit("lda", "discriminant_ratio", ratio, stab, float(np.mean(pairs)) if pairs else float("nan"))
+    emit("lda", "discriminant_ratio", ratio, stab, float(np.mean(pairs)) if pairs else float("nan"),
+         set_size=v.shape[1])
     # a discriminant score v . zs = (v / sd) . x + const, so v / sd is the direction in the raw space
     return rows, v / sd[:, None]
 

@@ -52,13 +52,14 @@ POOLED = "*"  # the ``phone`` of the pooled group probe and the ``group`` of the
 class IdentitySettings:
     """Settings of :func:`identity_lenses` (all recorded in every table's provenance).
 
-    The defaults keep the demo (48 speakers, ~30 phones, 5 layers of dim 32) within a few seconds per lens; see
-    docs/lenses.md for measured times and what to raise for a publication run (``n_perm``, ``n_resamples``).
+    The defaults keep the demo (48 speakers, ~30 phones, 5 layers of dim 32) at about 5 CPU-seconds in all; see
+    docs/lenses.md for measured times and what to raise for a publication run (``n_perm=999``,
+    ``n_resamples=50``, ``per_phone=True``).
     """
 
     # group identity
     n_folds: int = 3  # speaker folds (stratified by group); lowered to the smallest group's size
-    n_perm: int = 99  # group-label permutations (each one retrains every fold); p >= 1 / (n_perm + 1)
+    n_perm: int = 49  # group-label permutations (each one retrains every fold); p >= 1 / (n_perm + 1)
     per_phone: bool = False  # also one probe per phone class, same permutations (about 3x the pooled probe's cost)
     min_speakers_per_group: int = 2  # a phone is probed only if every group has this many speakers saying it
     l2: float = 0.1  # L2 strength of the linear probes (mean CE + l2/2 ||W||^2 on standardised features)
@@ -71,7 +72,7 @@ class IdentitySettings:
     # dimension attribution
     attribution: bool = True
     top_k: int = 5  # size of the top sets whose stability is reported
-    n_resamples: int = 20  # speaker subsamples for stability
+    n_resamples: int = 10  # speaker subsamples for stability
     subsample: float = 0.8  # fraction of each group's speakers per subsample
     l1: float = 0.2  # L1 strength of the sparse probe as a fraction of the smallest strength that zeroes it
     lda_shrinkage: float = 0.05  # within-group covariance shrunk towards its mean variance (fraction)

@@ -83,7 +83,7 @@ def _draw_state(ax: Axes, gap_ax: Axes | None, tables: Tables, layers: list[str]
         for i, (grp, d) in enumerate(gap.assign(layer=gap["layer"].astype(str)).groupby("group", sort=True)):
             d = d.assign(_x=xs(d)).sort_values("_x")
             c = _GAP_COLORS[i % len(_GAP_COLORS)]
-            gap_ax.plot(d["_x"], d["gap"], ls, color=c, lw=1.2, label=f"gap: {grp}{suffix}")
+            gap_ax.plot(d["_x"], d["gap"], ls, marker="s", ms=3, color=c, lw=1.2, label=f"gap: {grp}{suffix}")
             if {"ci_low", "ci_high"} <= set(d.columns) and not dashed:
                 gap_ax.fill_between(d["_x"], d["ci_low"].astype(float), d["ci_high"].astype(float), color=c,
                                     alpha=0.08, lw=0)
