@@ -23,8 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from phonefair.probes.identity import (GroupDesign, IdentitySettings, balanced_accuracy, cell_means, group_design,
-                                       group_identity_layer, identity_lenses, prepare_identity_data)
+from phonefair.probes.identity import (
+    GroupDesign,
+    IdentitySettings,
+    balanced_accuracy,
+    cell_means,
+    group_design,
+    group_identity_layer,
+    identity_lenses,
+    prepare_identity_data,
+)
 from phonefair.synth.identity import simulate_identity
 
 

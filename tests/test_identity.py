@@ -8,10 +8,23 @@ import pandas as pd
 import pytest
 
 from phonefair.errors import ConfigError, DataError
-from phonefair.probes.attribution import (dimension_attribution, l1_logistic, lda_directions, phone_gap_table,
-                                          removal_rows, speaker_subsamples)
-from phonefair.probes.identity import (IDENTITY_COLUMNS, IdentityResults, IdentitySettings, balanced_accuracy,
-                                       cell_means, identity_lenses, prepare_identity_data)
+from phonefair.probes.attribution import (
+    dimension_attribution,
+    l1_logistic,
+    lda_directions,
+    phone_gap_table,
+    removal_rows,
+    speaker_subsamples,
+)
+from phonefair.probes.identity import (
+    IDENTITY_COLUMNS,
+    IdentityResults,
+    IdentitySettings,
+    balanced_accuracy,
+    cell_means,
+    identity_lenses,
+    prepare_identity_data,
+)
 from phonefair.store import InMemoryEmbeddings, ProjectedEmbeddings
 from phonefair.synth.identity import simulate_identity
 
@@ -111,8 +124,8 @@ def test_lda_directions_span_planted_subspace(planted):
     data = prepare_identity_data(planted.embeddings, planted.groups)
     z, _ = cell_means(data, planted.embeddings.read("1", data.rows))
     y = data.speaker_group[data.cell_speaker]
-    rows, raw = dimension_attribution(z, y, data.cell_speaker, speaker_subsamples(data.speaker_group, 5, 0.8, 0),
-                                      layer="1", top_k=3, l1=0.2, lda_shrinkage=0.05)
+    _, raw = dimension_attribution(z, y, data.cell_speaker, speaker_subsamples(data.speaker_group, 5, 0.8, 0),
+                                   layer="1", top_k=3, l1=0.2, lda_shrinkage=0.05)
     q, _ = np.linalg.qr(raw)
     inside = np.linalg.norm(q[PLANTED_DIMS], axis=0)  # length of each direction inside the planted dimensions
     assert inside.min() > 0.8

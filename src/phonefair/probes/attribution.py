@@ -44,7 +44,7 @@ def speaker_subsamples(speaker_group: np.ndarray, n: int, fraction: float, seed:
     for r in range(n):
         for g in np.unique(speaker_group):
             idx = np.flatnonzero(speaker_group == g)
-            m = min(len(idx), max(2, int(round(fraction * len(idx)))))
+            m = min(len(idx), max(2, round(fraction * len(idx))))
             out[r, rng.choice(idx, size=m, replace=False)] = 1.0
     return out
 

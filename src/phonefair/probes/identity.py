@@ -148,8 +148,8 @@ class IdentityData:
         return len(self.groups)
 
     def sizes(self) -> dict[str, Any]:
-        return {"n_tokens": int(len(self.rows)), "n_speakers": int(len(self.speakers)),
-                "n_cells": int(len(self.cell_speaker)), "n_phones": len(self.phones),
+        return {"n_tokens": len(self.rows), "n_speakers": len(self.speakers),
+                "n_cells": len(self.cell_speaker), "n_phones": len(self.phones),
                 "speakers_per_group": {g: int((self.speaker_group == i).sum()) for i, g in enumerate(self.groups)}}
 
 
@@ -463,7 +463,7 @@ def summarise_group_identity(correct: dict[Any, np.ndarray], data: IdentityData,
                      "p_value": float(permutation_pvalue(bacc[0], null)) if len(null) else float("nan"),
                      "null_mean": float(np.mean(null)) if len(null) else float("nan"),
                      "null_q95": float(np.quantile(null, 0.95)) if len(null) else float("nan"),
-                     "n_speakers": int(len(np.unique(cspk))), "n_cells": int(len(cells)),
+                     "n_speakers": len(np.unique(cspk)), "n_cells": len(cells),
                      "n_tokens": int(data.cell_tokens[cells].sum()), "n_perm": settings.n_perm})
     return rows
 
@@ -738,7 +738,7 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
         "seed": st.seed,
         "sizes": {**data.sizes(), "group_folds": gdesign.n_folds,
                   "per_phone_probes": len(phones),
-                  "speaker_identity_speakers": int(len(sdesign.speakers)) if sdesign is not None else 0,
+                  "speaker_identity_speakers": len(sdesign.speakers) if sdesign is not None else 0,
                   "speaker_identity_folds": sdesign.n_folds if sdesign is not None else 0},
         "excluded": data.excluded,
         "removal_layers": r_layers,
