@@ -11,6 +11,9 @@ per speaker, dim 32, 5 layers -- the size of the demo (tiny random wav2vec2, 48 
    difference in held-out predictions.
 
     python bench/bench_identity.py [--repeats 3] [--threads 2] [--perm 99] [--settings "n_perm=49,per_phone=True"]
+                                   [--scale demo|large] [--device cpu|cuda]
+
+``--scale large`` is TIMIT-sized (640 speakers in 8 groups, 768 dims, 3 layers; 142k tokens).
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ def demo_sized(seed: int = 0) -> Any:
                              dim=32, layers=("0", "1", "2", "3", "4"), group_dims=(3, 9, 17), group_norm=0.8,
                              layer_group=(0.2, 0.6, 1.0, 0.7, 0.4), layer_speaker=(1.0, 0.8, 0.6, 0.4, 0.2),
                              speaker_sd=0.5, phone_sep=0.8, seed=seed)
+
+
+def large(seed: int = 0) -> Any:
+    """TIMIT-like: 8 groups x 80 speakers, 37 phones x 6 tokens, 10 recordings, 768 dims, 3 layers."""
+    return simulate_identity(n_groups=8, speakers_per_group=80, n_phones=37, tokens_per_phone=6, recordings=10,
+                             dim=768, layers=("0", "6", "12"), group_dims=tuple(range(0, 768, 64)), group_norm=0.8,
+                             layer_group=(0.3, 1.0, 0.5), layer_speaker=(1.0, 0.6, 0.2), speaker_sd=0.3,
+                             phone_sep=0.3, seed=seed)
 
 
 def _parse(spec: str) -> dict[str, Any]:
@@ -133,14 +144,16 @@ def main() -> None:
     ap.add_argument("--perm", type=int, default=99, help="labellings - 1 for the scikit-learn comparison")
     ap.add_argument("--settings", default="", help='IdentitySettings overrides, e.g. "n_perm=49,per_phone=True"')
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--scale", choices=("demo", "large"), default="demo")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sim = demo_sized()
+    sim = demo_sized() if args.scale == "demo" else large()
     tok = sim.embeddings.tokens
     print(f"dataset: {tok['speaker'].nunique()} speakers, {tok['phone'].nunique()} phones, {len(tok)} tokens, "
           f"dim {sim.embeddings.read('0', [0]).shape[1]}, layers {sim.embeddings.layers}; torch threads "
           f"{torch.get_num_threads()}")
-    settings = IdentitySettings(**_parse(args.settings))
+    settings = IdentitySettings(**{"device": args.device, **_parse(args.settings)})
     print(f"settings: {args.settings or 'defaults'}")
     bench_lenses(sim, settings, args.repeats)
     if not args.skip_sklearn:

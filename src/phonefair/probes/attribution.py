@@ -51,24 +51,27 @@ def speaker_subsamples(speaker_group: np.ndarray, n: int, fraction: float, seed:
 
 # ------------------------------------------------------------------------------------------ sparse probe
 def l1_logistic(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float, n_classes: int, *,
-                max_iter: int = 500, tol: float = 1e-4) -> np.ndarray:
+                max_iter: int = 500, tol: float = 1e-4, device: str | torch.device = "cpu") -> np.ndarray:
     """L1-penalised multinomial logistic regression, one fit per row of ``weights`` (batched FISTA).
 
     Objective of fit ``r``: ``sum_i w_ri CE(y_i, z_i W + b) / sum_i w_ri + alpha * ||W||_1`` (intercept not
     penalised). Step ``1/L`` with ``L = 0.5 * lambda_max([z, 1]^T diag(w) [z, 1])``, a bound on the gradient's
-    Lipschitz constant (the softmax Hessian is at most 1/2). Returns ``W [R, D, C]``.
+    Lipschitz constant (the softmax Hessian is at most 1/2). Returns ``W [R, D, C]``. Runs in float64 (float32 on
+    CUDA, where large layers make it worth the device) on ``device``.
     """
-    zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
+    dev = torch.device(device)
+    dt = torch.float32 if dev.type == "cuda" else torch.float64
+    zt = torch.as_tensor(np.asarray(z), dtype=dt, device=dev)
     N, D = zt.shape
-    w = torch.from_numpy(np.asarray(weights, dtype=np.float64))
+    w = torch.as_tensor(np.asarray(weights), dtype=dt, device=dev)
     w = w / w.sum(1, keepdim=True)
-    Y = torch.nn.functional.one_hot(torch.from_numpy(np.asarray(y, dtype=np.int64)), n_classes).double()
-    z1 = torch.cat([zt, torch.ones(N, 1, dtype=torch.float64)], 1)
-    lip = max(float(torch.linalg.eigvalsh(z1.T @ (wr[:, None] * z1))[-1]) for wr in w) * 0.5
+    Y = torch.nn.functional.one_hot(torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev), n_classes).to(dt)
+    z1 = torch.cat([zt, torch.ones(N, 1, dtype=dt, device=dev)], 1)
+    lip = max(float(torch.linalg.eigvalsh((z1.T @ (wr[:, None] * z1)).double())[-1]) for wr in w) * 0.5
     step = 1.0 / max(lip, 1e-12)
     R = w.shape[0]
-    W = torch.zeros(R, D, n_classes, dtype=torch.float64)
-    b = torch.zeros(R, n_classes, dtype=torch.float64)
+    W = torch.zeros(R, D, n_classes, dtype=dt, device=dev)
+    b = torch.zeros(R, n_classes, dtype=dt, device=dev)
     Wy, by, t = W.clone(), b.clone(), 1.0
     for _ in range(max_iter):
         logits = torch.einsum("nd,rdc->rnc", zt, Wy) + by[:, None, :]
@@ -85,7 +88,7 @@ def l1_logistic(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float,
         W, b, t = W_new, b_new, t_new
         if delta < tol:
             break
-    return W.numpy()
+    return W.cpu().double().numpy()
 
 
 def _alpha_max(z: np.ndarray, y: np.ndarray, n_classes: int) -> float:
@@ -149,8 +152,8 @@ def lda_directions(z: np.ndarray, y: np.ndarray, *, shrinkage: float, weights: n
 
 # ----------------------------------------------------------------------------------------- one layer
 def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray, subsamples: np.ndarray, *,
-                          layer: str, top_k: int, l1: float, lda_shrinkage: float
-                          ) -> tuple[list[dict[str, Any]], np.ndarray]:
+                          layer: str, top_k: int, l1: float, lda_shrinkage: float,
+                          device: str | torch.device = "cpu") -> tuple[list[dict[str, Any]], np.ndarray]:
     """Rows of ``group_dimensions`` for one layer and the LDA directions in the raw embedding space ``[D, G - 1]``.
 
     ``z [N, D]``: phone-centred cells; ``y``: the cell's (true) group; ``subsamples [R, S]``: speaker subsamples
@@ -191,7 +194,7 @@ def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray
 
     # sparse probe: weight mass per dimension, averaged over subsamples
     alpha = l1 * _alpha_max(zs, y, G)
-    W = l1_logistic(zs, y, cw, alpha, G)
+    W = l1_logistic(zs, y, cw, alpha, G, device=device)
     mass = np.abs(W).sum(2)  # [R, D]
     tot = mass.sum(1, keepdims=True)
     frac = np.divide(mass, tot, out=np.zeros_like(mass), where=tot > 0)
@@ -220,7 +223,7 @@ def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray
 
 # --------------------------------------------------------------------------------- the phone-accuracy gap
 def phone_accuracy_by_speaker(source: EmbeddingSource, groups: pd.Series, *, layers: Sequence[str], seed: int,
-                              exclude_phones: Sequence[str], l2: float) -> pd.DataFrame:
+                              exclude_phones: Sequence[str], l2: float, device: str = "cpu") -> pd.DataFrame:
     """Held-out phone accuracy per speaker: ``layer, speaker, group, n_correct, n_tokens``.
 
     The one call into the audit's phone probe (:func:`phonefair.probes.fit_probes`, pooled population, one seed,
@@ -231,7 +234,7 @@ def phone_accuracy_by_speaker(source: EmbeddingSource, groups: pd.Series, *, lay
 
     res = fit_probes(source, groups, layers=list(layers), populations=("pooled",), seeds=(seed,), l2_grid=(l2,),
                      n_boot=1, keep_predictions=False, progress=False, seed=seed,
-                     exclude_phones=tuple(exclude_phones))
+                     exclude_phones=tuple(exclude_phones), device=device)
     sa = res["speaker_accuracy"]
     n = sa["n_tokens"].astype(float)
     return pd.DataFrame({"layer": sa["layer"].astype(str).to_numpy(), "speaker": sa["speaker"].astype(str).to_numpy(),

@@ -712,7 +712,7 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
             t = time.perf_counter()
             rows, lda_dirs[layer] = A.dimension_attribution(
                 z, data.speaker_group[data.cell_speaker], data.cell_speaker, subsamples, layer=layer, top_k=st.top_k,
-                l1=st.l1, lda_shrinkage=st.lda_shrinkage)
+                l1=st.l1, lda_shrinkage=st.lda_shrinkage, device=dev)
             if st.attribution:
                 dim_rows += rows
             tl["attribution"] = time.perf_counter() - t
@@ -788,7 +788,7 @@ def _direction_removal(source: EmbeddingSource, groups: pd.Series, data: Identit
     dirs = {layer: lda_dirs[layer] for layer in r_layers}
     gap_seed = derive_seed(st.seed, "identity", "phone_probe")
     before = A.phone_accuracy_by_speaker(source, groups, layers=r_layers, seed=gap_seed,
-                                         exclude_phones=st.exclude_phones, l2=st.phone_l2)
+                                         exclude_phones=st.exclude_phones, l2=st.phone_l2, device=st.device)
     observed = GroupDesign(labels=design.labels[:1], folds=design.folds[:1], n_folds=design.n_folds)
     one = replace(st, n_perm=0)
 
@@ -803,7 +803,8 @@ def _direction_removal(source: EmbeddingSource, groups: pd.Series, data: Identit
     for k in ks:
         sources = dict(zip(("lda", "random"), A.projected_sources(source, dirs, k, st.seed), strict=True))
         after = {label: A.phone_accuracy_by_speaker(src, groups, layers=r_layers, seed=gap_seed,
-                                                    exclude_phones=st.exclude_phones, l2=st.phone_l2)
+                                                    exclude_phones=st.exclude_phones, l2=st.phone_l2,
+                                                    device=st.device)
                  for label, src in sources.items()}
         for layer in r_layers:
             for row in A.removal_rows(before, after, layer=layer, k_removed=k, n_boot=st.n_boot, level=st.level,
