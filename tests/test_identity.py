@@ -180,7 +180,7 @@ def test_removing_planted_group_directions_closes_planted_gap():
     group identity."""
     sim = simulate_identity(dim=8, phone_sep=1.0, speaker_sd=0.3, speakers_per_group=16, n_phones=15,
                             group_dims=(0, 1, 2), realised_differently=2, layers=("0",), seed=1)
-    st = IdentitySettings(n_perm=0, speaker_identity=False, n_resamples=5, n_boot=300)
+    st = IdentitySettings(n_perm=0, speaker_identity=False, attribution=False, n_boot=300)  # LDA-only path
     res = identity_lenses(sim.embeddings, sim.groups, settings=st)
     rem = res["direction_removal"].set_index("directions")
     assert set(rem.index) == {"lda", "random"} and (rem["k_removed"] == 3).all()

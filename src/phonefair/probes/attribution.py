@@ -32,8 +32,8 @@ from phonefair.stats import cluster_bootstrap_weights, percentile_ci
 from phonefair.store.base import EmbeddingSource
 from phonefair.store.projected import ProjectedEmbeddings, orthonormal_basis
 
-__all__ = ["dimension_attribution", "eta_squared", "l1_logistic", "lda_directions", "phone_accuracy_by_speaker",
-           "phone_gap_table", "removal_rows", "speaker_subsamples"]
+__all__ = ["dimension_attribution", "eta_squared", "group_directions", "l1_logistic", "lda_directions",
+           "phone_accuracy_by_speaker", "phone_gap_table", "projected_sources", "removal_rows", "speaker_subsamples"]
 
 
 def speaker_subsamples(speaker_group: np.ndarray, n: int, fraction: float, seed: int) -> np.ndarray:
@@ -150,6 +150,15 @@ def lda_directions(z: np.ndarray, y: np.ndarray, *, shrinkage: float, weights: n
     return v, ev[order].clip(min=0.0)
 
 
+def group_directions(z: np.ndarray, y: np.ndarray, *, shrinkage: float) -> np.ndarray:
+    """The LDA directions of the cells ``z`` (standardised over cells first) in the raw embedding space
+    ``[D, G - 1]``, most discriminant first: a discriminant score ``v . zs = (v / sd) . x + const``, so ``v / sd``."""
+    sd = z.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    v, _ = lda_directions((z - z.mean(0)) / sd, y, shrinkage=shrinkage)
+    return v / sd[:, None]
+
+
 # ----------------------------------------------------------------------------------------- one layer
 def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray, subsamples: np.ndarray, *,
                           layer: str, top_k: int, l1: float, lda_shrinkage: float,
@@ -217,8 +226,7 @@ def dimension_attribution(z: np.ndarray, y: np.ndarray, cell_speaker: np.ndarray
              for i, a in enumerate(bases) for b in bases[i + 1:]]
     emit("lda", "discriminant_ratio", ratio, stab, float(np.mean(pairs)) if pairs else float("nan"),
          set_size=v.shape[1])
-    # a discriminant score v . zs = (v / sd) . x + const, so v / sd is the direction in the raw space
-    return rows, v / sd[:, None]
+    return rows, v / sd[:, None]  # raw-space directions, as group_directions
 
 
 # --------------------------------------------------------------------------------- the phone-accuracy gap

@@ -683,7 +683,6 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
     si_rows: list[dict[str, Any]] = []
     dim_rows: list[dict[str, Any]] = []
     lda_dirs: dict[str, np.ndarray] = {}
-    cells: dict[str, np.ndarray] = {}
     timing: dict[str, dict[str, float]] = {}
     it: Sequence[str] = use_layers
     if progress:
@@ -696,7 +695,6 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
         if x.shape[0] != len(data.rows):
             raise DataError(f"source.read({layer!r}) returned {x.shape[0]} rows for {len(data.rows)} requested")
         z, phone_mean = cell_means(data, x)
-        cells[layer] = z
         tl["read"] = time.perf_counter() - t
         t = time.perf_counter()
         correct = group_identity_layer(z, data, gdesign, st, layer=layer, eligible_phones=phones, device=dev)
@@ -708,14 +706,16 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
             acc = speaker_identity_layer(xc, data, sdesign, st, layer=layer, device=dev)
             si_rows += summarise_speaker_identity(acc, data, sdesign, st, layer=layer, boot=boot)
             tl["speaker_identity"] = time.perf_counter() - t
-        if st.attribution or st.removal:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        y_cell = data.speaker_group[data.cell_speaker]
+        if st.attribution:
             rows, lda_dirs[layer] = A.dimension_attribution(
-                z, data.speaker_group[data.cell_speaker], data.cell_speaker, subsamples, layer=layer, top_k=st.top_k,
-                l1=st.l1, lda_shrinkage=st.lda_shrinkage, device=dev)
-            if st.attribution:
-                dim_rows += rows
-            tl["attribution"] = time.perf_counter() - t
+                z, y_cell, data.cell_speaker, subsamples, layer=layer, top_k=st.top_k, l1=st.l1,
+                lda_shrinkage=st.lda_shrinkage, device=dev)
+            dim_rows += rows
+        elif st.removal:
+            lda_dirs[layer] = A.group_directions(z, y_cell, shrinkage=st.lda_shrinkage)
+        tl["attribution"] = time.perf_counter() - t
         timing[layer] = tl
     _add_q_values(gi_rows)
 
@@ -725,7 +725,7 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
     r_layers = _removal_layers(st.removal_layers, gi_rows, use_layers) if st.removal else []
     if r_layers:
         removal, gap_rows = _direction_removal(source, groups, data, gdesign, st, r_layers=r_layers,
-                                               lda_dirs=lda_dirs, cells=cells, device=dev)
+                                               lda_dirs=lda_dirs, device=dev)
     t_removal = time.perf_counter() - t
 
     provenance: dict[str, Any] = {
@@ -777,7 +777,7 @@ def _add_q_values(rows: list[dict[str, Any]]) -> None:
 
 def _direction_removal(source: EmbeddingSource, groups: pd.Series, data: IdentityData, design: GroupDesign,
                        st: IdentitySettings, *, r_layers: list[str], lda_dirs: dict[str, np.ndarray],
-                       cells: dict[str, np.ndarray], device: torch.device
+                       device: torch.device
                        ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Phone-accuracy gap before / after projecting out k group (LDA) directions or k random ones (control), and
     the pooled group probe's balanced accuracy on the projected cells (no permutations)."""
@@ -785,6 +785,8 @@ def _direction_removal(source: EmbeddingSource, groups: pd.Series, data: Identit
 
     g_max = data.n_groups - 1
     ks = sorted({min(int(k), g_max) for k in (st.removal_k or [g_max])})
+    # the phone probe sees the same speakers and groups as the lenses (groups too small here are left out there too)
+    groups = pd.Series(np.asarray(data.groups)[data.speaker_group], index=data.speakers, name=groups.name)
     dirs = {layer: lda_dirs[layer] for layer in r_layers}
     gap_seed = derive_seed(st.seed, "identity", "phone_probe")
     before = A.phone_accuracy_by_speaker(source, groups, layers=r_layers, seed=gap_seed,
@@ -798,6 +800,9 @@ def _direction_removal(source: EmbeddingSource, groups: pd.Series, data: Identit
         return float(balanced_accuracy(_speaker_scores(corr, data.cell_speaker, len(data.speakers)),
                                        observed.labels, data.n_groups)[0])
 
+    # cells are recomputed for the few removal layers rather than kept for every layer (memory on real encoders)
+    cells = {layer: cell_means(data, np.asarray(source.read(layer, data.rows), dtype=np.float32))[0]
+             for layer in r_layers}
     base_bacc = {layer: group_bacc(cells[layer]) for layer in r_layers}
     rows = []
     for k in ks:
