@@ -36,6 +36,7 @@ import torch
 from phonefair.errors import ConfigError, DataError
 from phonefair.io import ResultTables, load_tables, save_tables
 from phonefair.layers import layer_order
+from phonefair.probes import attribution as A
 from phonefair.probes.trainer import TrainerConfig, fit_batched
 from phonefair.rng import derive, derive_seed
 from phonefair.stats import benjamini_hochberg, cluster_bootstrap_weights, percentile_ci, permutation_pvalue
@@ -659,8 +660,6 @@ def identity_lenses(source: EmbeddingSource, groups: pd.Series, *, layers: Seque
     ``groups``: speaker -> group label. Returns :class:`IdentityResults`; every table has ``attrs["provenance"]``
     (settings, seeds, sizes, folds, timings).
     """
-    from phonefair.probes import attribution as A
-
     st = settings or IdentitySettings()
     t0 = time.perf_counter()
     dev = _device(st.device)
@@ -781,8 +780,6 @@ def _direction_removal(source: EmbeddingSource, groups: pd.Series, data: Identit
                        ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Phone-accuracy gap before / after projecting out k group (LDA) directions or k random ones (control), and
     the pooled group probe's balanced accuracy on the projected cells (no permutations)."""
-    from phonefair.probes import attribution as A
-
     g_max = data.n_groups - 1
     ks = sorted({min(int(k), g_max) for k in (st.removal_k or [g_max])})
     # the phone probe sees the same speakers and groups as the lenses (groups too small here are left out there too)
