@@ -38,7 +38,8 @@ def ipa_phonemes(word: str, language: str) -> tuple[str, ...]:
         spoken = get_synth().phonemize(word, language)
     except EspeakError as exc:
         raise ConfigError(f"language {language!r}: espeak-ng has no such voice ({exc})") from exc
-    return tuple(p for w in spoken for p in w if strip_stress(p))
+    # "(ko)" ... "(en-us)": espeak's language-switch marks around a foreign stretch are not phonemes
+    return tuple(p for w in spoken for p in w if strip_stress(p) and not (p.startswith("(") and p.endswith(")")))
 
 
 def arpabet_from_ipa(phonemes: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -8,7 +8,10 @@ How one utterance is aligned (checked with pocketsphinx 5.1.1, REFERENCE §8.2):
 2. The audio becomes 16-bit PCM with 0.3 s of padding on both sides and ±30 LSB of uniform dither: pocketsphinx's
    feature extraction fails on pure digital silence (synthetic speech, zero-padded clips). The padding is removed
    from every time stamp afterwards.
-3. ``set_align_text`` + a first pass picks pronunciation variants and word boundaries; ``set_alignment`` + a
+3. The feature extraction is re-initialised before every utterance (``reinit_feat``): pocketsphinx carries its
+   cepstral-mean estimate over from the utterances it saw before, which made an utterance's alignment depend on
+   the ones aligned before it (and so on the order and on ``jobs``).
+4. ``set_align_text`` + a first pass picks pronunciation variants and word boundaries; ``set_alignment`` + a
    second pass gives phones (and HMM states) at 10 ms frames.
 
 Confidence of a phone: its Viterbi path score (emission + HMM transitions) divided by its number of frames, in
@@ -135,6 +138,10 @@ class PocketsphinxAligner:
     def _two_pass(self, d: Any, words: list[str], pcm: bytes) -> Any:
         """Pass 1 (word boundaries, pronunciation variants) and pass 2 (phones); the alignment or a reason."""
         try:
+            # feature extraction keeps state between utterances (the cepstral-mean estimate and its running
+            # sums): a fresh front end per utterance makes the result independent of what this process aligned
+            # before (order, --jobs, resume). It costs about a millisecond.
+            d.reinit_feat()
             d.set_align_text(" ".join(words))
             self._decode(d, pcm)
             if d.hyp() is None:
