@@ -390,3 +390,49 @@ def test_quality_by_group_on_real_alignment(aligned: tuple[Path, Path, object]) 
     assert fr.loc["synthetic", "estimate"] == 0.0 and fr.loc["bad", "estimate"] > 0.5
     assert set(tests["metric"]) == {"confidence", "confidence_phone_adjusted", "failure_rate"}
     assert tests["p_value"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_ctc_backend_with_a_tiny_model_finetuned_by_phonefair(tmp_path: Path) -> None:
+    """A tiny wav2vec2 (random frozen CNN) gets a phone CTC head from ``phonefair.finetune`` on synthetic speech;
+    forced alignment with it on held-out speakers must beat spreading the phones uniformly over the speech."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from phonefair.finetune import finetune
+
+    # 2 accents x 2 voice families x 5 speakers x 8 sentences; speaker 5 of each cell (other sentences) held out
+    corpus = build_synthetic_corpus(tmp_path / "synth", accents=["en-US", "en-GB-x-rp"], speakers_per_group=5,
+                                    families=("m", "f"), sentences_per_speaker=8, seed=1, progress=False)
+    torch.manual_seed(0)
+    model = tmp_path / "tiny64"
+    Wav2Vec2Model(Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                 conv_dim=(64,) * 7, num_conv_pos_embeddings=16,
+                                 num_conv_pos_embedding_groups=2)).save_pretrained(model)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, do_normalize=False).save_pretrained(model)
+    held_out = {s for s in corpus.speakers["speaker"] if s.endswith("_s05")}
+    groups = corpus.speakers.set_index("speaker")["accent"]
+    split = corpus.phones["speaker"].map(lambda s: "test" if s in held_out else "train")
+    trained = corpus.with_tables(phones=corpus.phones.assign(split=split))
+    # fewer steps or utterances than this and the tiny model memorises its training audio instead of learning
+    # phones (its alignments of new speakers are then no better than uniform)
+    ft = finetune(trained, groups, model, tmp_path / "ft", steps=500, batch_size=8, lr=3e-3, head_lr=1e-2,
+                  n_boot=10, progress=False, seed=0)
+
+    texts = pd.read_csv(Path(corpus.source) / "utterances.csv").set_index("recording_id")["text"]
+    rows = [{"audio": str(corpus.audio_path(r.recording_id)), "text": texts[r.recording_id], "speaker": r.speaker}
+            for r in corpus.recordings.itertuples() if r.speaker in held_out]
+    pd.DataFrame(rows).to_csv(tmp_path / "held_out.csv", index=False)
+    res = align_corpus(tmp_path / "held_out.csv", tmp_path / "out", backend="ctc", model=ft.out_dir,
+                       progress=False)
+    assert res.counts["aligned"] == len(rows)
+    ctc, uniform = [], []
+    for rid, hyp in res.quality.groupby("recording_id"):
+        ref = corpus.phones[(corpus.phones["recording_id"] == rid.split("/")[1]) & (corpus.phones["phone"] != "sil")]
+        ctc.append(boundary_errors(ref[["start", "end", "phone"]], hyp[["start", "end", "phone"]]))
+        edges = np.linspace(ref["start"].min(), ref["end"].max(), len(hyp) + 1)
+        uniform.append(boundary_errors(ref[["start", "end", "phone"]],
+                                       hyp[["phone"]].assign(start=edges[:-1], end=edges[1:])))
+    got, base = summarize_errors(pd.concat(ctc)), summarize_errors(pd.concat(uniform))
+    assert got["median_ms"] < 0.75 * base["median_ms"], (got, base)
+    assert got["within_20ms"] > base["within_20ms"] + 0.1, (got, base)
