@@ -33,12 +33,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from phonefair.align import align_corpus, boundary_errors, summarize_errors  # noqa: E402
-from phonefair.corpus.phonesets import UnknownPhoneError, map_label  # noqa: E402
-from phonefair.corpus.textgrid import read_intervals  # noqa: E402
+from phonefair.align import align_corpus, boundary_errors, summarize_errors
+from phonefair.corpus.phonesets import UnknownPhoneError, map_label
+from phonefair.corpus.textgrid import read_intervals
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-samples"
 #: (audio, TextGrid, phone scheme of the reference, speaker)

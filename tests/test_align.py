@@ -14,8 +14,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from phonefair.align import (AlignmentFailure, align_corpus, alignment_quality_by_group, boundary_errors,
-                             ctc_forced_align, normalize_transcript, summarize_errors)
+from phonefair.align import (
+    AlignmentFailure,
+    align_corpus,
+    alignment_quality_by_group,
+    boundary_errors,
+    ctc_forced_align,
+    normalize_transcript,
+    summarize_errors,
+)
 from phonefair.align.g2p import arpabet_from_ipa, ipa_phonemes
 from phonefair.align.quality import between_group_permutation_test
 from phonefair.align.viterbi import min_frames
@@ -152,8 +159,7 @@ def aligned(synth: Corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 # ---------------------------------------------------------------------------------------------------- pocketsphinx
 def test_pocketsphinx_boundaries_against_espeak_truth(synth: Corpus, aligned: tuple[Path, Path, object]) -> None:
-    _, out, res = aligned
-    q = res.quality  # type: ignore[attr-defined]
+    q = aligned[2].quality  # type: ignore[attr-defined]
     pairs = []
     for rec in synth.recordings.itertuples():
         hyp = q[q["recording_id"] == f"{rec.speaker}/{rec.recording_id}"]
@@ -385,7 +391,7 @@ def test_quality_by_group_on_real_alignment(aligned: tuple[Path, Path, object]) 
     _, _, res = aligned
     u = res.utterances  # type: ignore[attr-defined]
     groups = pd.Series({s: ("bad" if s.startswith("x") else "synthetic") for s in u["speaker"].unique()})
-    by_group, tests, warnings = res.quality_by_group(groups, n_perm=99, n_boot=100)  # type: ignore[attr-defined]
+    by_group, tests, _ = res.quality_by_group(groups, n_perm=99, n_boot=100)  # type: ignore[attr-defined]
     fr = by_group.query("metric == 'failure_rate'").set_index("group")
     assert fr.loc["synthetic", "estimate"] == 0.0 and fr.loc["bad", "estimate"] > 0.5
     assert set(tests["metric"]) == {"confidence", "confidence_phone_adjusted", "failure_rate"}

@@ -106,7 +106,7 @@ dir = "{out}"
     assert acc["estimate"].between(0, 1).all()
 
     groups = corpus.speakers.set_index("speaker")["accent"]
-    by_group, tests, warnings = res.quality_by_group(groups, n_perm=99, n_boot=100)
+    by_group, tests, _ = res.quality_by_group(groups, n_perm=99, n_boot=100)
     assert set(by_group["group"]) == set(ACCENT_NAMES.values())
     assert np.isfinite(by_group.query("metric == 'confidence'")["estimate"]).all()
     assert tests["p_value"].notna().all()

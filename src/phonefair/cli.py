@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", type=Path, help="ctc: local CTC phoneme checkpoint or phonefair finetune folder")
     a.add_argument("--language", default="en-US", help="espeak-ng voice for pronunciations (default: %(default)s)")
     a.add_argument("--jobs", type=int, default=1, help="worker processes (default: %(default)s)")
+    a.add_argument("--device", default="cpu", help="ctc: torch device, e.g. cuda (default: %(default)s)")
     a.add_argument("--no-resume", action="store_true", help="align every utterance again")
     a.add_argument("--copy-audio", action="store_true", help="copy the audio instead of linking to it")
     a.add_argument("--column", action="append", default=[], metavar="ROLE=NAME",
@@ -281,7 +282,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _align(args: argparse.Namespace, progress: bool) -> int:
     from phonefair.align import align_corpus
 
-    columns = {}
+    columns: dict[str, str] = {}
     for item in args.column:
         role, sep, name = item.partition("=")
         if not sep or not name:
@@ -289,7 +290,8 @@ def _align(args: argparse.Namespace, progress: bool) -> int:
         columns[role.strip()] = name.strip()
     res = align_corpus(args.input, args.out, kind=args.kind, backend=args.backend, model=args.model,
                        language=args.language, speakers=args.speakers, columns=columns or None, jobs=args.jobs,
-                       resume=not args.no_resume, audio="copy" if args.copy_audio else "link", progress=progress)
+                       device=args.device, resume=not args.no_resume, audio="copy" if args.copy_audio else "link",
+                       progress=progress)
     c = res.counts
     print(f"aligned {c['aligned']} of {c['utterances']} utterances ({c['resumed']} from an earlier run), "
           f"{c['failed']} failed, {c['input_problems']} input row(s) not usable")

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["PROBLEM_KINDS", "AlignedPhone", "AlignedUtterance", "AlignmentFailure", "Aligner"]
+__all__ = ["PROBLEM_KINDS", "AlignedPhone", "AlignedUtterance", "Aligner", "AlignmentFailure"]
 
 #: the ``kind`` column of the alignment problems table -> what it means
 PROBLEM_KINDS: dict[str, str] = {

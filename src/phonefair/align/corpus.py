@@ -132,9 +132,10 @@ def _init_worker(spec: BackendSpec, torch_threads: int | None) -> None:
 
 def _problem(kind: str, message: str, *, rid: str, speaker: str, file: str | None, severity: str = "error",
              action: str = "skipped utterance", line: int | None = None) -> dict[str, Any]:
+    fld = ("audio" if kind.startswith("audio") else "transcript" if kind.startswith(("oov", "empty"))
+           else "alignment")
     return {"severity": severity, "kind": kind, "recording_id": rid, "speaker": speaker, "file": file,
-            "line": line, "field": "alignment" if kind in ("no_alignment",) else "audio" if kind.startswith("audio")
-            else "transcript", "message": message, "action": action}
+            "line": line, "field": fld, "message": message, "action": action}
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -266,7 +267,7 @@ def _read_record(out: Path, rid: str) -> tuple[dict[str, Any], pd.DataFrame] | N
         return None
     try:
         df = pd.read_parquet(p)
-    except Exception:  # a damaged record is redone, not trusted
+    except (OSError, ValueError):  # a damaged record (ArrowInvalid is a ValueError) is redone, not trusted
         return None
     rec = df.attrs.get("record")
     return (rec, df) if isinstance(rec, dict) else None
@@ -402,8 +403,8 @@ def align_corpus(source: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         rid = str(row["recording_id"])
         key = _utterance_key(identity, row)
         old = _read_record(out, rid) if resume else None
-        if old is not None and old[0].get("key") == key and (
-                old[0]["status"] == "failed" or (out / f"{rid}.TextGrid").is_file()):
+        done = (out / f"{rid}.TextGrid").is_file() and (out / f"{rid}{Path(str(row['audio'])).suffix}").exists()
+        if old is not None and old[0].get("key") == key and (old[0]["status"] == "failed" or done):
             records[rid], phone_frames[rid] = old
             n_resumed += 1
             continue

@@ -38,7 +38,7 @@ from phonefair.align.viterbi import ctc_forced_align, min_frames
 from phonefair.corpus.phonesets import ARPABET39
 from phonefair.errors import ConfigError, EncoderError
 
-__all__ = ["CTCAligner", "FINETUNE_HEAD", "tokenize_ipa"]
+__all__ = ["FINETUNE_HEAD", "CTCAligner", "tokenize_ipa"]
 
 SAMPLE_RATE = 16000
 #: file of a phonefair.finetune output folder holding the CTC head (``model/`` holds the encoder)
@@ -98,6 +98,7 @@ class CTCAligner:
         self.language = language
         self.device = torch.device(device)
         self.seed = seed
+        self._proj: Any = None  # the CTC head of a phonefair finetune folder (HF checkpoints have their own)
         ipa_phonemes("a", language)  # fails early, naming the language, when espeak-ng lacks it
         if (self.model_dir / FINETUNE_HEAD).is_file():
             self._load_finetuned()
@@ -154,7 +155,8 @@ class CTCAligner:
                 model = AutoModelForCTC.from_pretrained(self.model_dir)
         except Exception as exc:
             raise EncoderError(f"{self.model_dir}: cannot load as a CTC model (AutoModelForCTC): {exc}") from exc
-        self._encoder, self._proj = model.eval().to(self.device), None
+        self._encoder = model.eval().to(self.device)
+        self._proj = None
         self._config = model.config
         self.vocab = {str(t): int(i) for t, i in vocab.items()}
         pad = getattr(model.config, "pad_token_id", None)

@@ -125,7 +125,7 @@ class PocketsphinxAligner:
 
     # ------------------------------------------------------------------ alignment
     def _pcm(self, audio: np.ndarray) -> bytes:
-        pad = np.zeros(int(round(PAD_S * SAMPLE_RATE)))
+        pad = np.zeros(round(PAD_S * SAMPLE_RATE))
         x = np.concatenate([pad, np.asarray(audio, dtype=np.float64) * 32767.0, pad])
         rng = derive(self.seed, "pocketsphinx-dither", len(audio))
         x = x + rng.integers(-DITHER_LSB, DITHER_LSB + 1, size=len(x))

@@ -8,10 +8,10 @@ loader treats empty intervals as silence, not as phone tokens.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["write_textgrid"]
+__all__ = ["textgrid_text", "write_textgrid"]
 
 Interval = tuple[float, float, str]
 
@@ -33,7 +33,7 @@ def _quote(label: str) -> str:
     return '"' + label.replace('"', '""') + '"'
 
 
-def textgrid_text(tiers: dict[str, Sequence[Interval]], duration: float) -> str:
+def textgrid_text(tiers: Mapping[str, Sequence[Interval]], duration: float) -> str:
     """The long-format TextGrid text of ``tiers`` (name -> time-ordered, non-overlapping labelled intervals)."""
     lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {duration:.6f}",
              "tiers? <exists>", f"size = {len(tiers)}", "item []:"]
@@ -47,7 +47,7 @@ def textgrid_text(tiers: dict[str, Sequence[Interval]], duration: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_textgrid(path: Path, tiers: dict[str, Sequence[Interval]], duration: float) -> None:
+def write_textgrid(path: Path, tiers: Mapping[str, Sequence[Interval]], duration: float) -> None:
     """Write ``tiers`` to ``path`` through a temporary file and an atomic rename (a crash leaves no half file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

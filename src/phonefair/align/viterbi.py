@@ -9,6 +9,7 @@ lamps") therefore need at least one blank frame between them, so an utterance ne
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class CTCPath:
 def min_frames(targets: Sequence[int]) -> int:
     """Fewest frames a CTC path for ``targets`` needs: one per token plus one blank between equal neighbours."""
     t = list(targets)
-    return len(t) + sum(a == b for a, b in zip(t, t[1:], strict=False))
+    return len(t) + sum(a == b for a, b in itertools.pairwise(t))
 
 
 def ctc_forced_align(log_probs: np.ndarray, targets: Sequence[int], blank: int = 0) -> CTCPath:
