@@ -24,6 +24,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "audio_clipping": "many samples at full scale (utterance kept)",
     "internal_error": "an unexpected error while aligning (utterance skipped, retried on a rerun)",
     "bad_input": "an input row without audio path, transcript or a usable speaker id (utterance skipped)",
+    "metadata": "a problem in the speaker table (conflicting values, rows without a speaker), as the loader reports it",
     "duplicate": "a second utterance with the same output name (utterance skipped)",
 }
 

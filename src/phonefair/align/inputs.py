@@ -210,7 +210,7 @@ def read_folder(root: str | os.PathLike[str], *, speakers: str | os.PathLike[str
     meta = pd.DataFrame({"speaker": pd.Series([], dtype="string")})
     if speakers is not None:
         meta_df, utt, mprob = load_speaker_table(speakers)
-        problems += [{**q, "kind": "bad_input", "recording_id": None, "speaker": None} for q in mprob]
+        problems += [{**q, "kind": "metadata", "recording_id": None, "speaker": None} for q in mprob]
         meta = meta_df
         if utt is not None:
             for u, s in zip(utt["utterance"], utt["speaker"], strict=True):
