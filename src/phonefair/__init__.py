@@ -23,6 +23,7 @@ _API = {
     "Corpus": "phonefair.corpus.schema",
     "CorpusError": "phonefair.corpus.schema",
     "load_corpus": "phonefair.corpus",
+    "align_corpus": "phonefair.align",
     "validate_corpus": "phonefair.corpus.validate",
     "GroupSpec": "phonefair.groups",
     "assign_groups": "phonefair.groups",

@@ -27,6 +27,7 @@ examples:
   phonefair run my.toml                  # everything; a rerun skips finished stages
   phonefair probe my.toml                # only up to the probes (extraction reused if cached)
   phonefair validate --kind textgrid --root data/my-corpus
+  phonefair align recordings/ --out aligned   # audio + transcripts -> TextGrids (forced alignment)
 
 exit codes: 0 ok, 1 run failure, 2 usage/config error, 3 data/validation error.
 Configuration reference: docs/usage.md (presets: phonefair init --list).
@@ -129,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder name of a fine-tuned model (repeat for several variants)")
     k.add_argument("--out", type=Path, help="override [output] dir")
 
+    a = cmd("align", "Force-align audio + transcripts (a CSV/TSV table, a Common Voice folder, or a folder of audio "
+                     "+ .lab/.txt) into a phonefair corpus: one TextGrid per utterance, a speaker table, alignment "
+                     "quality and problems tables.",
+            "examples:\n  phonefair align cv-corpus-17.0/en --out cv-aligned --jobs 4          # Common Voice, "
+            "pocketsphinx\n  phonefair align recordings/ --speakers speakers.csv --out aligned\n"
+            "  phonefair align utterances.tsv --backend ctc --model wav2vec2-xlsr-53-espeak-cv-ft --language fr "
+            "--out fr-aligned\nthen: phonefair validate --kind textgrid --root aligned --option "
+            "speakers=aligned/speakers.csv\nA rerun resumes (finished utterances are skipped). See docs/align.md.")
+    a.add_argument("input", type=Path, help="input table, Common Voice folder / clip TSV, or audio folder")
+    a.add_argument("--out", type=Path, required=True, help="output folder (the aligned corpus)")
+    a.add_argument("--kind", choices=("auto", "table", "common_voice", "folder"), default="auto",
+                   help="input layout (default: detected)")
+    a.add_argument("--speakers", type=Path, help="speaker table for folder input")
+    a.add_argument("--backend", choices=("pocketsphinx", "ctc"), default="pocketsphinx",
+                   help="aligner (default: %(default)s, English, offline)")
+    a.add_argument("--model", type=Path, help="ctc: local CTC phoneme checkpoint or phonefair finetune folder")
+    a.add_argument("--language", default="en-US", help="espeak-ng voice for pronunciations (default: %(default)s)")
+    a.add_argument("--jobs", type=int, default=1, help="worker processes (default: %(default)s)")
+    a.add_argument("--device", default="cpu", help="ctc: torch device, e.g. cuda (default: %(default)s)")
+    a.add_argument("--no-resume", action="store_true", help="align every utterance again")
+    a.add_argument("--copy-audio", action="store_true", help="copy the audio instead of linking to it")
+    a.add_argument("--column", action="append", default=[], metavar="ROLE=NAME",
+                   help="table input: column for audio / text / speaker, e.g. --column text=sentence")
+
     i = cmd("init", "Print a preset configuration to edit.", "example:\n  phonefair init --preset timit > my.toml")
     i.add_argument("--preset", default="demo", help="preset name (default: %(default)s; see --list)")
     i.add_argument("--list", action="store_true", help="list the presets")
@@ -186,6 +211,8 @@ def _dispatch(args: argparse.Namespace, stages: object = None) -> int:
         return EXIT_OK
     if args.command == "validate":
         return _validate(args)
+    if args.command == "align":
+        return _align(args, progress)
     cfg = C.load_config(args.config)
     if getattr(args, "out", None) is not None:
         cfg = cfg.replace_output(args.out)
@@ -252,6 +279,32 @@ def _validate(args: argparse.Namespace) -> int:
     print(repr(corpus))
     print(text or f"{len(problems)} problem(s) recorded by the loader")
     return EXIT_OK if ok else EXIT_DATA
+
+
+def _align(args: argparse.Namespace, progress: bool) -> int:
+    from phonefair.align import align_corpus
+
+    columns: dict[str, str] = {}
+    for item in args.column:
+        role, sep, name = item.partition("=")
+        if not sep or not name:
+            raise _UsageError(f"--column expects ROLE=NAME, got {item!r}")
+        columns[role.strip()] = name.strip()
+    res = align_corpus(args.input, args.out, kind=args.kind, backend=args.backend, model=args.model,
+                       language=args.language, speakers=args.speakers, columns=columns or None, jobs=args.jobs,
+                       device=args.device, resume=not args.no_resume, audio="copy" if args.copy_audio else "link",
+                       progress=progress)
+    c = res.counts
+    print(f"aligned {c['aligned']} of {c['utterances']} utterances ({c['resumed']} from an earlier run), "
+          f"{c['failed']} failed, {c['input_problems']} input row(s) not usable")
+    if len(res.problems):
+        by_kind = res.problems.groupby(["severity", "kind"], dropna=False).size()
+        for (severity, kind), n in by_kind.items():
+            print(f"  {n:6d} {severity:7s} {kind}")
+        print(f"problems: {res.out_dir / 'alignment_problems.csv'}")
+    print(f"corpus: {res.out_dir}  (load with kind 'textgrid', options speakers={res.speakers_path}, "
+          f"phone_scheme={res.phone_scheme})")
+    return EXIT_OK
 
 
 def _loader_options(items: Sequence[str]) -> dict[str, object]:

@@ -76,6 +76,9 @@ _EV_LIST_TERMINATED = 0
 _EV_WORD = 1
 _EV_PHONEME = 7
 _EE_OK = 0
+# espeak_TextToPhonemes phoneme mode: bit 1 = IPA output, bits 8-23 = the separator written between phonemes
+_PHONEMES_IPA = 0x02
+_PHONEME_SEP = ord("|") << 8
 # espeak_PARAMETER enum: espeakSILENCE=0, RATE=1, VOLUME=2, PITCH=3, RANGE=4, PUNCTUATION=5, ...
 _P_RATE, _P_VOLUME, _P_PITCH, _P_RANGE = 1, 2, 3, 4
 #: documented ranges (speak_lib.h): rate words/min 80..450 (default 175), volume 0..200 (default 100),
@@ -305,6 +308,33 @@ class EspeakSynth:
                          timing_source=source, voice=voice,
                          params={"rate": int(rate), "pitch": int(pitch), "range": int(range_),
                                  "volume": int(volume)})
+
+    def phonemize(self, text: str, voice: str = "en-US") -> list[list[str]]:
+        """espeak-ng's pronunciation of ``text`` as IPA phonemes, one list per spoken word.
+
+        Uses ``espeak_TextToPhonemes`` (IPA output, phonemes separated by ``|``): the same rules the synthesiser
+        applies, including its number reading ("42" is two spoken words) and letter-by-letter spelling of
+        unpronounceable strings. Stress marks (ˈ ˌ) stay attached to the phoneme they precede. ``voice`` is any
+        espeak voice or language name (``"en-US"``, ``"fr"``, ``"de"``).
+        """
+        if not text.strip():
+            return []
+        with _LOCK:
+            lib = self._lib if self._lib is not None else self._load()
+            if not getattr(lib, "_phonemes_typed", False):
+                lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+                lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+                lib._phonemes_typed = True
+            self.set_voice(voice)
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            ptr = ctypes.c_void_p(ctypes.addressof(buf))
+            clauses: list[str] = []
+            # one call per clause; espeak advances ``ptr`` and sets it to NULL after the last clause
+            while ptr.value:
+                out = lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, _PHONEMES_IPA | _PHONEME_SEP)
+                clauses.append((out or b"").decode("utf-8", errors="replace"))
+        words = [w for clause in clauses for w in clause.split()]
+        return [[p for p in w.split("|") if p] for w in words]
 
 
 def _decode_events(raw: list[tuple[int, int, int, int, int, str]], text: str, n_samples: int,
