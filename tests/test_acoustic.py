@@ -260,24 +260,29 @@ def synth_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, pd.Se
 
 
 def test_phone_probe_on_acoustic_features_beats_chance(synth_store: tuple[object, pd.Series]) -> None:
+    from phonefair.audit.design import Design
     from phonefair.probes import fit_probes
+    from phonefair.settings import ProbeSettings
 
     store, groups = synth_store
-    res = fit_probes(store, groups, populations=("pooled",), seeds=(0,), n_boot=20, l2_grid=(1e-2,),
-                     test_fraction=0.5, progress=False)
-    gg = res.tables()["group_gap"].set_index("layer")
-    assert list(gg.index) == ["logmel", "mfcc"]
-    test = res.tables()["predictions"]
-    majority = float(test.groupby("layer")["phone"].value_counts(normalize=True).max())
+    d = Design.build(store, groups, min_speakers=2, folds=2)
+    res = fit_probes(store, d, ProbeSettings(populations=(), l2_grid=(1e-2,), threads=1))
+    sa = res["speaker_accuracy"]
+    acc = sa.groupby("layer")["accuracy"].mean()
+    assert list(acc.index) == ["logmel", "mfcc"]
+    counts = d.tokens["phone"].value_counts(normalize=True)
+    majority = float(counts.max())
     for layer in ("logmel", "mfcc"):
-        assert gg.loc[layer, "overall_accuracy"] > 2.5 * majority, (layer, gg.loc[layer, "overall_accuracy"])
+        assert acc[layer] > 2.5 * majority, (layer, acc[layer])
 
 
 def test_typology_runs_on_feature_set_names(synth_store: tuple[object, pd.Series]) -> None:
     from phonefair.analysis import analyze
+    from phonefair.audit.design import Design
+    from phonefair.settings import AnalysisSettings
 
     store, groups = synth_store
-    res = analyze(store, groups, n_perm=19, n_boot=19, min_speakers=2, progress=False)
+    res = analyze(store, Design.build(store, groups, min_speakers=2), AnalysisSettings(n_perm=19, n_boot=19))
     for name, df in res.tables().items():
         if "layer" in df.columns and len(df) and name != "problems":
             assert set(df["layer"].astype(str)) <= {"logmel", "mfcc"}, name

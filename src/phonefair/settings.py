@@ -284,7 +284,7 @@ class ProbeSettings(Settings):
 
     type: Literal["linear", "mlp"] = setting("linear", "probe: multinomial logistic regression or one-hidden-layer MLP")
     populations: tuple[Literal["pooled", "group", "leave_out"], ...] = setting(
-        ("pooled", "group"), "size-matched training populations besides the all-speaker probe")
+        ("pooled", "group"), "size-matched training populations besides the all-speaker probe", nonempty=False)
     folds: int = setting(5, "speaker folds for cross-fitting: every speaker is tested once per repeat", min=2)
     repeats: int = setting(1, "cross-fitting repeats with new fold assignments (averaged)", min=1)
     l2_grid: tuple[float, ...] = setting((1e-4, 1e-3, 1e-2, 1e-1),

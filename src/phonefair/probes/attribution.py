@@ -234,15 +234,17 @@ def phone_accuracy_by_speaker(source: EmbeddingSource, groups: pd.Series, *, lay
                               exclude_phones: Sequence[str], l2: float, device: str = "cpu") -> pd.DataFrame:
     """Held-out phone accuracy per speaker: ``layer, speaker, group, n_correct, n_tokens``.
 
-    The one call into the audit's phone probe (:func:`phonefair.probes.fit_probes`, pooled population, one seed,
-    one L2 strength): when that API changes, rewire here. Held-out speakers come from the tokens' ``split`` column
-    or the probe's seeded split, so two calls on sources with the same tokens test the same speakers.
+    The audit's own cross-fitted all-speaker probe (:func:`phonefair.probes.fit_probes`, one L2 strength): every
+    speaker is tested once by probes that never saw it, and the seeded folds make two calls on sources with the
+    same tokens test the same speakers with the same folds.
     """
+    from phonefair.audit.design import Design
     from phonefair.probes.fit import fit_probes
+    from phonefair.settings import ProbeSettings
 
-    res = fit_probes(source, groups, layers=list(layers), populations=("pooled",), seeds=(seed,), l2_grid=(l2,),
-                     n_boot=1, keep_predictions=False, progress=False, seed=seed,
-                     exclude_phones=tuple(exclude_phones), device=device)
+    design = Design.build(source, groups, min_speakers=2, exclude_phones=tuple(exclude_phones), seed=seed)
+    res = fit_probes(source, design, ProbeSettings(populations=(), l2_grid=(l2,), layers=tuple(layers),
+                                                   exclude_phones=tuple(exclude_phones), device=device), seed=seed)
     sa = res["speaker_accuracy"]
     n = sa["n_tokens"].astype(float)
     return pd.DataFrame({"layer": sa["layer"].astype(str).to_numpy(), "speaker": sa["speaker"].astype(str).to_numpy(),
