@@ -243,6 +243,26 @@ def test_exclusions_are_counted_not_silent():
     assert "B_s00" not in set(pr.speaker) and "sil" not in set(pr.phone)
 
 
+def test_nan_embedding_rows_are_dropped_and_counted():
+    """Issue 15 rows 2 and 5: extraction stores NaN rows for phones it cannot embed (past the end of the audio,
+    recordings shorter than one frame); probes used to train on them and die with 'value cannot be converted to
+    type float without overflow'."""
+    sim = simulate("null", seed=2, dim=6, phone_sep=1.0, layers=("0", "1"))
+    tok = sim.tokens
+    bad = np.flatnonzero((tok["split"] == "test").to_numpy())[:5].tolist() + \
+        np.flatnonzero((tok["split"] == "train").to_numpy())[:4].tolist()
+    arrays = {layer: sim.embeddings.read(layer).copy() for layer in ("0", "1")}
+    for a in arrays.values():
+        a[bad] = np.nan
+    arrays["0"][bad[0], 0] = np.inf  # float16 overflow is stored as inf: just as unusable
+    src = InMemoryEmbeddings(tok, arrays)
+    res = fit_probes(src, sim.groups, populations=("pooled", "group"), **FAST)
+    assert res.provenance["excluded"]["tokens_non_finite_embedding"] == len(bad)
+    pr = res["predictions"]
+    assert len(pr) and not set(bad) & set(pr["row"])
+    assert np.isfinite(res["probe_accuracy"]["estimate"]).all()
+
+
 def test_bad_input_errors():
     sim = simulate("null", seed=0, dim=4, n_phones=4)
     with pytest.raises(ValueError, match="not in the source"):

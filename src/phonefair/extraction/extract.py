@@ -37,10 +37,12 @@ def extract(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_
     including phones with ``phone`` <NA>. Multi-channel audio follows the recordings table (``channel`` picks one,
     ``mix`` averages them; ``mix=True`` here also mixes recordings with neither set).
 
-    Phones beyond the audio are clamped to the last frame (counted in provenance ``n_phones_clamped``).
-    Unreadable audio: ``on_audio_error="raise"`` stops with an error naming the file; ``"skip"`` writes NaN rows
-    for that recording and a row in ``store.problems`` (never zeros). Audio shorter than one encoder frame (25 ms)
-    or phones with non-finite times also give NaN rows + a problem.
+    Rows that cannot be embedded are NaN (never zeros, never a guess) with a row in ``store.problems``:
+    phones past the end of the audio (:data:`~phonefair.extraction.frames.PAST_END_RULE`; phones only partly
+    past it are pooled over the frames inside and counted in provenance ``n_phones_truncated``), phones with
+    non-finite times, recordings shorter than one encoder frame, and - with ``on_audio_error="skip"`` -
+    recordings whose audio cannot be read or holds NaN/inf samples (``"raise"`` stops with an error naming the
+    file).
     """
     setup = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype, batch_size=batch_size,
                     device=device, mix=mix, on_audio_error=on_audio_error, revision=revision)

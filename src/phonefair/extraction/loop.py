@@ -29,7 +29,8 @@ import pandas as pd
 from phonefair.corpus.schema import Corpus, problems_frame
 from phonefair.encoders.base import Encoder, parse_layers
 from phonefair.errors import DataError
-from phonefair.extraction.frames import FRAME_RULE, POOLINGS, pool_layers, pooling_ranges
+from phonefair.extraction.frames import (FRAME_RULE, PAST_END_RULE, POOLINGS, audio_end_masks, pool_layers,
+                                         pooling_ranges)
 from phonefair.store.disk import STORE_VERSION, EmbeddingStore, StoreWriter, store_key
 
 __all__ = ["CRASH_ENV", "AudioSource", "BatchJob", "BatchPlan", "ExtractionSetup", "RowSink", "audio_sources",
@@ -43,7 +44,8 @@ CRASH_ENV = "PHONEFAIR_TEST_CRASH_AFTER"
 TIMING_KEYS = ("audio_read", "forward", "pooling", "writing")
 _SR = 16000
 _FP16_MAX = float(np.finfo(np.float16).max)
-_COUNTS = ("n_phones_clamped", "n_chunked", "n_nan_rows", "n_float16_overflow")
+_COUNTS = ("n_phones_clamped", "n_phones_past_end", "n_phones_truncated", "n_chunked", "n_nan_rows",
+           "n_float16_overflow")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -255,7 +257,16 @@ class BatchJob:
         if untimed.any():  # cannot place these phones in time: NaN rows + a problem, never a silent guess
             stats["problems"].append(problem(path, "start/end", f"{int(untimed.sum())} phone(s) with "
                                              f"missing/non-finite times", u, rows=_rows(u, untimed)))
-        bad = untimed
+        past, partial = audio_end_masks(s, e, n_samples / _SR)
+        past &= ~untimed
+        if past.any():  # beyond the audio: clamping would give every such phone the last frame's vector
+            k = int(np.flatnonzero(past)[0])
+            stats["n_phones_past_end"] += int(past.sum())
+            stats["problems"].append(problem(
+                path, "end", f"{int(past.sum())} phone(s) lie past the end of the audio ({n_samples / _SR:.3f} s; "
+                f"{PAST_END_RULE}), first [{s[k]:.3f}, {e[k]:.3f}] s", u, rows=_rows(u, past)))
+        stats["n_phones_truncated"] += int((partial & ~untimed).sum())
+        bad = untimed | past
         stats["n_nan_rows"] += int(bad.sum())
         s, e = np.where(bad, 0.0, s), np.where(bad, 0.0, e)
         lo, hi, clamped = pooling_ranges(s, e, n_fr, self.pooling, self.encoder.grid)
@@ -418,6 +429,9 @@ def store_provenance(fields: dict[str, Any], encoder: Encoder, sel: Sequence[str
                    "n_phones_unlabelled": int(phones["phone"].isna().sum()), "n_utterances": n_utterances,
                    "n_recordings_without_phones": int(len(corpus.recordings) - n_utterances)},
         "batch_size": batch_size,
+        "past_end_rule": PAST_END_RULE,
+        "n_phones_past_end": stats["n_phones_past_end"],
+        "n_phones_truncated": stats["n_phones_truncated"],
         "n_phones_clamped": stats["n_phones_clamped"],
         "n_utterances_chunked": stats["n_chunked"],
         "n_nan_rows": stats["n_nan_rows"],

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from phonefair.errors import DataError
 from phonefair.groups import split_speakers
 from phonefair.probes.populations import POPULATION_KINDS, build_populations, inner_split
 from phonefair.probes.results import MetricEngine, ProbeResults, compute_tables
@@ -40,8 +41,13 @@ def _pad(row_lists: Sequence[np.ndarray], device: torch.device) -> tuple[torch.T
 
 
 def prepare_tokens(source: EmbeddingSource, groups: pd.Series, *, exclude_phones: Sequence[str],
-                   test_fraction: float, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The tokens probes may use: ``row, speaker, group, phone, split`` (train/test), plus exclusion counts."""
+                   test_fraction: float, seed: int, check_layer: str | None = None
+                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The tokens probes may use: ``row, speaker, group, phone, split`` (train/test), plus exclusion counts.
+
+    Rows whose embedding in ``check_layer`` (default: the source's first layer) is not finite are left out and
+    counted (``tokens_non_finite_embedding``): extraction stores NaN rows, in every layer, for phones it could not
+    embed (past the end of the audio, recordings shorter than one frame, unreadable audio)."""
     if not isinstance(groups, pd.Series):
         raise TypeError(f"groups must be a pandas Series speaker -> group, got {type(groups).__name__}")
     if groups.index.duplicated().any():
@@ -68,6 +74,10 @@ def prepare_tokens(source: EmbeddingSource, groups: pd.Series, *, exclude_phones
     ex = df["phone"].isin(list(exclude_phones))
     excluded["tokens_excluded_phones"] = {str(k): int(v) for k, v in df.loc[ex, "phone"].value_counts().items()}
     df = df[~ex].copy()
+    finite = _finite_rows(source, check_layer if check_layer is not None else str(source.layers[0]),
+                          df["row"].to_numpy())
+    excluded["tokens_non_finite_embedding"] = int((~finite).sum())
+    df = df[finite].copy()
     if df.empty:
         raise ValueError("no tokens left after excluding speakers without a group, <NA> phones and "
                          f"exclude_phones={list(exclude_phones)}: {excluded}")
@@ -96,6 +106,14 @@ def prepare_tokens(source: EmbeddingSource, groups: pd.Series, *, exclude_phones
                 raise ValueError(f"group {grp!r} has no {side} speakers (speaker-disjoint split from {split_source})")
     info = {"excluded": excluded, "split_source": split_source}
     return df.reset_index(drop=True), info
+
+
+def _finite_rows(source: EmbeddingSource, layer: str, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Whether each of ``rows`` has a finite embedding in ``layer`` (read in chunks: flat memory)."""
+    out = np.ones(len(rows), dtype=bool)
+    for a in range(0, len(rows), chunk):
+        out[a:a + chunk] = np.isfinite(source.read(layer, rows[a:a + chunk])).all(axis=1)
+    return out
 
 
 def fit_probes(
@@ -167,7 +185,7 @@ def fit_probes(
         use_layers = [x for x in all_layers if x in wanted]  # depth order of the source
 
     tokens, info = prepare_tokens(source, groups, exclude_phones=exclude_phones, test_fraction=test_fraction,
-                                  seed=seed)
+                                  seed=seed, check_layer=use_layers[0])
     classes = sorted(tokens["phone"].astype(str).unique().tolist())
     cidx = {c: i for i, c in enumerate(classes)}
     tokens["y"] = tokens["phone"].astype(str).map(cidx).astype(np.int64)
@@ -215,6 +233,11 @@ def fit_probes(
         x = torch.from_numpy(np.ascontiguousarray(source.read(layer, resident), dtype=np.float32)).to(dev)
         if x.shape[0] != len(resident):
             raise ValueError(f"source.read({layer!r}) returned {x.shape[0]} rows for {len(resident)} requested")
+        if not bool(torch.isfinite(x).all()):  # finite in the first layer, not here: float16 overflow (inf)
+            n_bad = int((~torch.isfinite(x).all(dim=1)).sum())
+            raise DataError(f"layer {layer!r}: {n_bad} token embedding(s) are NaN/inf although layer "
+                            f"{use_layers[0]!r} is finite for them (float16 overflow?); extract with "
+                            f"dtype='float32'")
         layer_seed = int(seed) * 1009 + li
         P = len(pops)
         if len(grid) > 1:
