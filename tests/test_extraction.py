@@ -229,6 +229,35 @@ def test_unreadable_audio_raise_or_skip(tiny_dirs: dict[str, Path], tmp_path: Pa
     assert len(st.problems) == 1 and "utt1.wav" in st.problems["file"].iloc[0]
 
 
+def test_bad_audio_content_is_a_reported_skip(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 15 rows 5 and 10: NaN samples, digital silence (all zeros) and a recording shorter than one encoder
+    frame. Each is one recording's problem: NaN rows + a problem row naming the file under
+    ``on_audio_error="skip"``; NaN/silent audio is an error naming the file under ``"raise"``."""
+    from phonefair.corpus.audio import AudioError
+
+    corpus = make_corpus(tmp_path)
+    x = sf.read(tmp_path / "utt1.wav", dtype="float32")[0]
+    x[100] = np.nan
+    sf.write(tmp_path / "utt1.wav", x, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "utt2.wav", np.zeros(9600, np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "utt3.wav", 0.1 * np.ones(160, np.float32), 16000, subtype="FLOAT")  # 10 ms
+    enc = load_encoder(tiny_dirs["wav2vec2"])
+    with pytest.raises(AudioError, match=r"utt1\.wav.*NaN"):
+        extract(corpus, enc, store_root=tmp_path / "s", progress=False)
+    with pytest.raises(AudioError, match=r"utt2\.wav.*digital silence"):
+        extract(corpus.with_tables(phones=corpus.phones[corpus.phones.recording_id != "utt1"]), enc,
+                store_root=tmp_path / "s", progress=False)
+    st = extract(corpus, enc, store_root=tmp_path / "s", progress=False, on_audio_error="skip")
+    rid = corpus.phones["recording_id"].to_numpy()
+    v = st.read("2")
+    assert np.isnan(v[rid != "utt0"]).all() and np.isfinite(v[rid == "utt0"]).all()
+    pr = st.problems.set_index(st.problems["file"].str.extract(r"(utt\d)\.wav", expand=False))
+    assert sorted(pr.index) == ["utt1", "utt2", "utt3"] and (pr["severity"] == "error").all()
+    assert "NaN" in pr.at["utt1", "message"] and "digital silence" in pr.at["utt2", "message"]
+    assert "shorter than one encoder frame" in pr.at["utt3", "message"]
+    assert st.provenance["n_nan_rows"] == int((rid != "utt0").sum())
+
+
 def test_bad_arguments(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path, durations=(0.5,))
     enc = load_encoder(tiny_dirs["wav2vec2"])

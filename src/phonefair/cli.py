@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-speakers", type=int, default=5, help="minimum speakers per group (default: 5)")
     v.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, repeatable (e.g. --option phone_scheme=mfa_ipa --option mix=true)")
+    v.add_argument("--headers-only", action="store_true",
+                   help="check audio headers only, not the samples (NaN/inf, silence): for huge corpora")
 
     s = cmd("synth", "Build a synthetic multi-accent corpus (espeak-ng) in OUT.",
             "example:\n  phonefair synth synth-out --speakers-per-group 6 --sentences-per-speaker 8")
@@ -236,7 +238,8 @@ def _validate(args: argparse.Namespace) -> int:
             raise _UsageError("give either CONFIG or --kind/--root, not both")
         cfg = C.load_config(args.config)
         corpus = P.load_corpus_stage(cfg, cfg.out_dir)
-        problems, summary, ok, text = P.validate_stage(corpus, cfg)
+        problems, summary, ok, text = P.validate_stage(corpus, cfg, decode_audio=not args.headers_only,
+                                                       progress=not args.quiet)
     else:
         if not (args.kind and args.root):
             raise _UsageError("validate needs CONFIG or both --kind and --root")
@@ -246,7 +249,8 @@ def _validate(args: argparse.Namespace) -> int:
                                          "min_speakers": args.min_speakers},
                               "encoders": [{"model": "none"}]}, source="command line", base_dir=Path.cwd())
         corpus = P.load_corpus_stage(cfg, Path.cwd())
-        problems, summary, ok, text = P.validate_stage(corpus, cfg, group_by=args.group_by)
+        problems, summary, ok, text = P.validate_stage(corpus, cfg, group_by=args.group_by,
+                                                       decode_audio=not args.headers_only, progress=not args.quiet)
     print(repr(corpus))
     print(text or f"{len(problems)} problem(s) recorded by the loader")
     return EXIT_OK if ok else EXIT_DATA

@@ -189,15 +189,17 @@ def load_corpus_stage(cfg: RunConfig, out_dir: Path, *, progress: bool = True) -
 _FROM_CONFIG: Any = object()
 
 
-def validate_stage(corpus: Corpus, cfg: RunConfig, *, group_by: Any = _FROM_CONFIG
-                   ) -> tuple[pd.DataFrame, dict[str, Any], bool, str]:
-    """``validate_corpus`` → (problems table, summary, ok, text); ``group_by`` defaults to ``[groups]``."""
+def validate_stage(corpus: Corpus, cfg: RunConfig, *, group_by: Any = _FROM_CONFIG, decode_audio: bool = True,
+                   progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any], bool, str]:
+    """``validate_corpus`` → (problems table, summary, ok, text); ``group_by`` defaults to ``[groups]``;
+    ``decode_audio=False`` checks audio headers only (huge corpora)."""
     from phonefair.corpus.validate import validate_corpus
 
     cols = cfg.groups.columns
     if group_by is _FROM_CONFIG:
         group_by = cols[0] if len(cols) == 1 else None
-    rep = validate_corpus(corpus, group_by=group_by, min_speakers_per_group=cfg.groups.min_speakers)
+    rep = validate_corpus(corpus, group_by=group_by, min_speakers_per_group=cfg.groups.min_speakers,
+                          decode_audio=decode_audio, progress=progress)
     return rep.problems, dict(rep.summary), bool(rep.ok), rep.to_text()
 
 
@@ -244,8 +246,7 @@ def extract_stage(corpus: Corpus, enc: Any, cfg: RunConfig, out_dir: Path, progr
     """Extract one encoder's phone embeddings (store under ``out_dir/stores``), locally or on Ray
     (``[extraction] backend``); both give the same content-addressed store."""
     encoder = model_stage(enc, cfg, out_dir)
-    kw = dict(store_root=out_dir / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
-              progress=progress, batch_size=enc.batch_size)
+    kw = dict(progress=progress, **_extraction_kwargs(enc, out_dir, cfg))
     x = cfg.extraction
     if x.backend == "ray":
         from phonefair.extraction.ray_backend import extract_ray
@@ -419,7 +420,7 @@ def _prepare(cfg: RunConfig, out: Path, log: _Log, cache: StageCache) -> _Prepar
         if cmark.exists():
             cmark.unlink()
         corpus = load_corpus_stage(cfg, out, progress=log.enabled)
-        problems, vsummary, ok, text = validate_stage(corpus, cfg)
+        problems, vsummary, ok, text = validate_stage(corpus, cfg, progress=log.enabled)
         if corpus.phones.empty:
             raise DataError(f"corpus has no phone tokens:\n{text}")
         if not ok and cfg.corpus.strict:
@@ -600,9 +601,11 @@ def _setup(config: RunConfig | str | Path, progress: bool) -> tuple[RunConfig, P
     return cfg, out, log, _prepare(cfg, out, log, StageCache(out))
 
 
-def _extraction_kwargs(enc: Any, out: Path) -> dict[str, Any]:
+def _extraction_kwargs(enc: Any, out: Path, cfg: RunConfig) -> dict[str, Any]:
+    # audio that validation reported as unusable (NaN/inf, digital silence, unreadable) is a reported skip (NaN
+    # rows + a problem), as every other validation error is; [corpus] strict = true stops at validation already
     return dict(store_root=out / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
-                batch_size=enc.batch_size)
+                batch_size=enc.batch_size, on_audio_error="raise" if cfg.corpus.strict else "skip")
 
 
 def extract_shard(config: RunConfig | str | Path, *, shard: int, num_shards: int, progress: bool = True
@@ -619,7 +622,7 @@ def extract_shard(config: RunConfig | str | Path, *, shard: int, num_shards: int
     for enc in cfg.encoders:
         log(f"extract [{enc.name}]: shard {shard} of {num_shards}")
         paths.append(_extract_shard(prep.corpus, model_stage(enc, cfg, out), shard=shard, num_shards=num_shards,
-                                    progress=progress, **_extraction_kwargs(enc, out)))
+                                    progress=progress, **_extraction_kwargs(enc, out, cfg)))
     return paths
 
 
@@ -632,7 +635,7 @@ def merge_shards(config: RunConfig | str | Path, *, num_shards: int, progress: b
     for enc in cfg.encoders:
         log(f"merge [{enc.name}]: {num_shards} shards")
         stores[enc.name] = _merge(prep.corpus, model_stage(enc, cfg, out), num_shards=num_shards,
-                                  **_extraction_kwargs(enc, out))
+                                  **_extraction_kwargs(enc, out, cfg))
     return stores
 
 

@@ -366,7 +366,8 @@ def load_textgrid_corpus(root: str | os.PathLike[str], *, speakers: str | os.Pat
         rec_rows.append({"recording_id": rel, "speaker": rec_spk,
                          "audio_path": audio.relative_to(root_p).as_posix(),
                          "sampling_rate": info.sampling_rate, "num_channels": info.num_channels,
-                         "duration": info.duration, "channel": channel})
+                         "duration": info.duration, "channel": channel,
+                         "mix": bool(mix and channel is None and info.num_channels > 1)})
     for rel, align in sorted(by_rel.items()):
         if align not in used_alignments and alignments is None:
             problems.append(_problem("warning", align, None, "audio", "alignment without a same-stem audio file",
@@ -397,7 +398,7 @@ def load_textgrid_corpus(root: str | os.PathLike[str], *, speakers: str | os.Pat
         if col not in spk_df.columns:
             spk_df[col] = pd.Series([float("nan") if dtype == "float64" else pd.NA] * len(spk_df), dtype=dtype)
     recordings = pd.DataFrame(rec_rows, columns=["recording_id", "speaker", "audio_path", "sampling_rate",
-                                                 "num_channels", "duration", "channel"])
+                                                 "num_channels", "duration", "channel", "mix"])
     options = {"speakers": None if speakers is None else str(Path(speakers).resolve()),
                "speaker_from": speaker_from, "speaker_sep": speaker_sep, "phone_scheme": phone_scheme,
                "unknown": unknown, "multi": multi, "mix": mix, "channel": channel,

@@ -183,9 +183,9 @@ class BatchJob:
     def read(self, batch: pd.DataFrame, sources: Mapping[str, AudioSource], sink: RowSink,
              stats: dict[str, Any]) -> tuple[list[np.ndarray], list[Any]]:
         """Read one batch's audio: ``(waves, utterance rows)`` of the usable ones. A recording that cannot be used
-        (unreadable, non-finite samples, shorter than one encoder frame) gets NaN rows and a problem, or raises
-        when ``on_audio_error="raise"`` and the file itself is the problem."""
-        from phonefair.corpus.audio import read_audio
+        (unreadable, NaN/inf samples, digital silence, shorter than one encoder frame) gets NaN rows and a problem
+        - or, for a bad file (all but the last), raises naming the file when ``on_audio_error="raise"``."""
+        from phonefair.corpus.audio import AudioError, read_audio
 
         waves: list[np.ndarray] = []
         ok: list[Any] = []
@@ -195,7 +195,9 @@ class BatchJob:
                 if src is None:
                     raise DataError(f"recording_id {u.recording_id!r} of the phone table is not in the recordings "
                                     f"table")
-                x = read_audio(src.path, target_sr=_SR, channel=src.channel, mix=src.mix)
+                x = read_audio(src.path, target_sr=_SR, channel=src.channel, mix=src.mix)  # NaN/inf: AudioError
+                if not np.any(x):  # phones embedded from nothing: as unusable as an unreadable file
+                    raise AudioError(f"{src.path}: all samples are zero (digital silence)")
             except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
                 where = src.path if src is not None else "<no recording row>"
                 if self.on_audio_error == "raise":

@@ -216,13 +216,14 @@ class _AudioCache:
         from phonefair.corpus.audio import read_audio
         from phonefair.encoders.base import normalise_waveform
 
-        channels = corpus.recordings.set_index("recording_id")["channel"]
+        rec = corpus.recordings.set_index("recording_id")
+        channels, mixes = rec["channel"], rec["mix"].fillna(False)
 
         @lru_cache(maxsize=maxsize)
         def load(rid: str, start: float, end: float) -> np.ndarray:
             ch = channels.get(rid, pd.NA)
             x = read_audio(corpus.audio_path(rid), target_sr=_SR, start=start, end=end,
-                           channel=None if pd.isna(ch) else int(ch))
+                           channel=None if pd.isna(ch) else int(ch), mix=bool(mixes.get(rid, False)))
             return normalise_waveform(x) if normalize else x
 
         self.load = load
