@@ -101,6 +101,36 @@ def test_broken_files_raise_corpus_error_naming_file(tmp_path: Path) -> None:
         read_intervals(ok, "nope")
 
 
+def test_malformed_numbers_and_sizes_are_errors_naming_the_line(tmp_path: Path) -> None:
+    """Issue 15 row 12: "0.0.7" used to be read as 0.7 and "0.5.3" as 5.3; comma decimals gave "tiers are []";
+    a declared size smaller than the interval count dropped phones with no problem reported."""
+    phones = [(0, 0.2, "B"), (0.2, 0.5, "AA1"), (0.5, 0.7, "R")]
+    for fmt, write in (("long", long_tg), ("short", short_tg)):
+        text = write({"phones": phones})
+        lines = text.splitlines()
+        for bad, shown in (("0.0.7", "'0.0.7'"), ("0.5.3", "'0.5.3'")):
+            p = tmp_path / f"{fmt}-{bad}.TextGrid"
+            p.write_text(text.replace("0.7", bad))
+            line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if bad in t)
+            with pytest.raises(CorpusError, match=rf"{p.name} line {line}: .*{shown}.* not a number"):
+                read_textgrid(p)
+        p = tmp_path / f"{fmt}-comma.TextGrid"
+        p.write_text(text.replace("0.2", "0,2").replace("0.5", "0,5"))
+        line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if "0,2" in t)
+        with pytest.raises(CorpusError, match=rf"{p.name} line {line}: .*'0,2'.*comma.*decimal point"):
+            read_textgrid(p)
+        # one interval more than the tier declares: an error naming the line of the extra interval
+        p = tmp_path / f"{fmt}-size.TextGrid"
+        declared = "intervals: size = 3" if fmt == "long" else "3"
+        i = max(k for k, t in enumerate(lines) if t.strip() == declared)
+        p.write_text("\n".join(lines[:i] + [lines[i].replace("3", "2")] + lines[i + 1:]) + "\n")
+        with pytest.raises(CorpusError, match=rf"{p.name} line \d+: .*tier 'phones' declares 2 interval\(s\).*more"):
+            read_textgrid(p)
+    ok = tmp_path / "ok.TextGrid"
+    ok.write_text(long_tg({"phones": phones}).replace("xmax = 1.0", "xmax = 1e0"))  # exponents stay valid
+    assert read_intervals(ok) == phones
+
+
 def test_multispeaker_tiers(tmp_path: Path) -> None:
     p = tmp_path / "conv.TextGrid"
     p.write_text(long_tg({"alice - words": [(0, 0.4, "hi")], "alice - phones": [(0, 0.2, "HH"), (0.2, 0.4, "AY1")],
