@@ -256,6 +256,38 @@ def test_loader_options(toy: Path, tmp_path: Path) -> None:
     assert c.speakers["speaker"].tolist() == ["s01"]
 
 
+def test_speaker_table_in_utf16_or_utf8_with_bom(tmp_path: Path) -> None:
+    """Issue 15 row 14: a UTF-16 CSV speaker table was rejected although UTF-16 TextGrids are accepted."""
+    text = "speaker,gender,accent\nspkA,f,Scottish Énglish\nspkB,m,Welsh\n"
+    for enc, sep in (("utf-16", ","), ("utf-8-sig", ","), ("utf-16", "\t"), ("utf-8", ",")):
+        p = tmp_path / f"spk-{enc}.{'tsv' if sep == chr(9) else 'csv'}"
+        p.write_text(text.replace(",", sep), encoding=enc)
+        spk, utt, probs = load_speaker_table(p)
+        assert spk["speaker"].tolist() == ["spkA", "spkB"] and utt is None and probs == [], enc
+        assert spk["accent"].tolist() == ["Scottish Énglish", "Welsh"]
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(text.encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1\.csv.*UTF-8.*UTF-16"):
+        load_speaker_table(bad)
+
+
+def test_manifest_is_strict_json(tmp_path: Path) -> None:
+    """Issue 15 row 14: manifest.json held bare NaN (not JSON; jq and browsers refuse it)."""
+    c = Corpus(phones=pd.DataFrame({"recording_id": ["r"], "speaker": ["s"], "start": [0.0], "end": [0.1],
+                                    "phone_raw": ["B"], "phone": ["b"]}),
+               speakers=pd.DataFrame({"speaker": ["s"], "age": [np.nan]}),
+               recordings=pd.DataFrame({"recording_id": ["r"], "speaker": ["s"], "audio_path": ["r.wav"]}),
+               extra={"snr_db": float("inf"), "gain": np.float64("nan"), "nested": {"x": [1.0, float("nan")]}})
+    c.save(tmp_path / "c")
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-JSON constant {token}")
+
+    man = json.loads((tmp_path / "c" / "manifest.json").read_text(), parse_constant=refuse)
+    assert man["options"] == {"snr_db": None, "gain": None, "nested": {"x": [1.0, None]}}
+    assert Corpus.load(tmp_path / "c").fingerprint() == c.fingerprint()
+
+
 def test_common_voice(tmp_path: Path) -> None:
     tsv = tmp_path / "validated.tsv"
     rows = [

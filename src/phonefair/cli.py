@@ -45,11 +45,18 @@ class _UsageError(Exception):
     pass
 
 
+def _version() -> str:
+    from phonefair import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="phonefair", formatter_class=fmt, epilog=_EPILOG,
                 description="Why do self-supervised speech encoders serve some speaker groups worse? "
                             "Phone-level probes per group, random-vs-systematic error typology, HTML report.")
+    p.add_argument("--version", action="version", version=f"phonefair {_version()}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

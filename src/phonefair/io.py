@@ -32,6 +32,31 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN / inf float (and pandas' missing values) replaced by ``None``, numpy scalars made
+    Python ones: what ``json.dumps(..., allow_nan=False)`` accepts. Bare ``NaN`` is not JSON; jq and browsers
+    refuse files holding it."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset, np.ndarray)):
+        return [strict_json(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    return str(obj)
+
+
+def dumps_strict(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` of :func:`strict_json` (``allow_nan=False``: a non-finite value that slipped through fails
+    here, not in a reader)."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
+
 def save_tables(directory: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame], *, fmt: str,
                 meta: Mapping[str, Any]) -> Path:
     """Write ``<name>.parquet`` per table, then ``<fmt>.json`` (``{"format": "phonefair.<fmt>", "tables": [...],

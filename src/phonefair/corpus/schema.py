@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from phonefair.errors import DataError
+from phonefair.io import dumps_strict
 
 SCHEMA_VERSION = 1
 
@@ -228,7 +229,7 @@ class Corpus:
             getattr(self, name).to_parquet(tmp, index=False)
             os.replace(tmp, d / f"{name}.parquet")
         tmp = d / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(self.manifest(), indent=2, default=str))
+        tmp.write_text(dumps_strict(self.manifest(), indent=2))  # strict JSON: NaN / inf become null
         os.replace(tmp, man)
         return d
 

@@ -61,19 +61,26 @@ def _read_table(path: Path) -> pd.DataFrame:
     """A CSV/TSV as strings, blanks as <NA>, with a ``_line`` column (1-based line in the file; header = 1)."""
     if not path.is_file():
         raise CorpusError(f"{path}: metadata table does not exist")
+    # the encodings spreadsheet programs write: UTF-8 (with or without BOM) and UTF-16 with BOM ("Unicode text")
+    with open(path, "rb") as f:
+        bom = f.read(4)
+    encoding = "utf-16" if bom.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab", ".txt"):
         sep = "\t"
     elif suffix == ".csv":
         sep = ","
     else:
-        head = path.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+        head = path.read_text(encoding=encoding, errors="replace").splitlines()[:1]
         sep = "\t" if head and "\t" in head[0] else ","
     try:
         # QUOTE_NONE for TSV: Common Voice sentences contain unbalanced quotes
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8",
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding,
                          quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL, skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: cannot decode metadata table ({exc}); save it as UTF-8, UTF-8 with BOM or "
+                          f"UTF-16 with BOM") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CorpusError(f"{path}: cannot parse metadata table: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
     for c in df.columns:
