@@ -73,6 +73,29 @@ def test_figures_saved_as_png_and_svg(rendered: tuple[Path, str]) -> None:
     assert "enc-a-accuracy_by_layer" in pngs and "enc-b-train_test_heatmaps" in pngs
 
 
+def test_dollar_signs_in_labels_are_drawn_literally(tmp_path: Path) -> None:
+    """Issue 15 row 7: a group label with "$" was read as matplotlib mathtext: "$10k-$20k" drawn as "10k−20k",
+    and "a $_$ b" killed the report stage with "error: _"."""
+    import matplotlib.text
+
+    from phonefair.report import figures as F
+
+    names = {"a": "$10k-$20k", "b": "a $_$ b"}
+    tables = example_tables(seed=0)
+    for t in tables.values():
+        for col in ("group", "test_group", "train_group", "best_group", "worst_group"):
+            if col in t.columns:
+                t[col] = t[col].map(lambda v: names.get(v, v) if isinstance(v, str) else v)
+    path = write_report(tmp_path, tables, {}, {}, title="dollars")
+    assert "$10k-$20k" in path.read_text()
+    for fig in (F.accuracy_by_layer(tables["probe_accuracy"], tables["group_gap"]),
+                F.in_group_benefit(tables["in_group_benefit"], "3")):
+        F.figure_to_base64(fig)  # drawn (tick labels are made at draw time)
+        texts = [t for t in fig.findobj(matplotlib.text.Text) if "$" in t.get_text()]
+        assert {t.get_text() for t in texts} >= set(names.values())
+        assert not any(t.get_parse_math() for t in texts)
+
+
 def test_missing_tables_say_not_computed(tmp_path: Path) -> None:
     t = example_tables()
     only_probes = {k: t[k] for k in ("probe_accuracy", "group_gap", "in_group_benefit")}

@@ -280,7 +280,7 @@ _TITLES = {"change_accuracy": "Per-group probe accuracy", "change_gap": "Group g
 
 
 def _figure(df: pd.DataFrame, title: str) -> str | None:
-    from phonefair.report.figures import figure_to_base64
+    from phonefair.report.figures import figure_to_base64, plain_text
 
     import matplotlib.pyplot as plt
 
@@ -289,19 +289,20 @@ def _figure(df: pd.DataFrame, title: str) -> str | None:
     d = df[df["space"] == df["space"].iloc[0]] if "space" in df.columns else df
     layers = sorted(d["layer"].astype(str).unique(), key=_layer_key)
     x = {lay: i for i, lay in enumerate(layers)}
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    series = d.groupby("group") if "group" in d.columns else [("gap", d)]
-    for k, (name, s) in enumerate(series):
-        xs = np.array([x[str(v)] for v in s["layer"]]) + (k - 1) * 0.08
-        ax.errorbar(xs, s["diff"], yerr=[s["diff"] - s["ci_low"], s["ci_high"] - s["diff"]], fmt="o-", ms=3,
-                    capsize=2, label=str(name))
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(layers)), layers)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("after − before")
-    ax.set_title(title + (f" ({d['space'].iloc[0]} space)" if "space" in d.columns else ""))
-    ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
+    with plain_text():  # group labels are data: never mathtext
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        series = d.groupby("group") if "group" in d.columns else [("gap", d)]
+        for k, (name, s) in enumerate(series):
+            xs = np.array([x[str(v)] for v in s["layer"]]) + (k - 1) * 0.08
+            ax.errorbar(xs, s["diff"], yerr=[s["diff"] - s["ci_low"], s["ci_high"] - s["diff"]], fmt="o-", ms=3,
+                        capsize=2, label=str(name))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(layers)), layers)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("after − before")
+        ax.set_title(title + (f" ({d['space'].iloc[0]} space)" if "space" in d.columns else ""))
+        ax.legend(fontsize=7, ncol=4)
+        fig.tight_layout()
     out = figure_to_base64(fig)
     plt.close(fig)
     return out
