@@ -138,3 +138,16 @@ def test_run_completes_with_bad_audio_content(tmp_path: Path) -> None:
     assert prov["n_nan_rows"] == 2 + 2 + 2 and prov["on_audio_error"] == "skip"
     probe_prov = res.tables["probe_accuracy"].attrs["provenance"]["tiny"]
     assert probe_prov["excluded"]["tokens_non_finite_embedding"] == 6
+
+
+def test_every_torch_load_in_the_package_is_weights_only() -> None:
+    """Issue 15 row 4: output folders must be data only; a checkpoint read with ``weights_only=False`` can run
+    code. A source scan keeps any new ``torch.load`` honest."""
+    import re
+
+    import phonefair
+
+    root = Path(phonefair.__file__).parent
+    calls = [(p.relative_to(root), m.group(0)) for p in root.rglob("*.py")
+             for m in re.finditer(r"torch\.load\([^)]*\)", p.read_text())]
+    assert calls and all("weights_only=True" in c for _, c in calls), calls
