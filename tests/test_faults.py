@@ -42,8 +42,8 @@ def build_corpus(root: Path, *, speakers_per_group: int = 4, stereo: tuple[str, 
                 t = np.arange(16000) / 16000
                 x = (0.3 * np.sin(2 * np.pi * (120 + 40 * g + 7 * k + 3 * u) * t)
                      + 0.05 * rng.standard_normal(16000)).astype(np.float32)
-                if spk in stereo:
-                    x = np.stack([x, 0.5 * x], axis=1)
+                if spk in stereo:  # a second, different channel: mixing must be visible in the embeddings
+                    x = np.stack([x, (0.3 * rng.standard_normal(16000)).astype(np.float32)], axis=1)
                 sf.write(root / spk / f"u{u}.wav", x, 16000, subtype="FLOAT")
                 ph = [(round(0.05 + 0.08 * j, 3), round(0.12 + 0.08 * j, 3), LABELS[(j + u) % len(LABELS)])
                       for j in range(11)]
@@ -84,11 +84,12 @@ model = "tiny:wav2vec2"
 name = "tiny"
 dtype = "float32"
 batch_size = 4
+layers = [2, 3]
 
 [probes]
 seeds = [0]
 n_boot = 40
-populations = ["pooled", "group"]
+populations = ["pooled"]
 
 [analysis]
 n_perm = 40
@@ -117,7 +118,17 @@ def test_stereo_audio_with_mix_true_is_mixed_by_extraction(tmp_path: Path) -> No
     from phonefair.store import EmbeddingStore
 
     store = EmbeddingStore(next(p for p in (tmp_path / "out" / "stores").iterdir() if (p / "COMPLETE").exists()))
-    assert store.problems.empty and np.isfinite(store.read("1")).all()
+    assert store.problems.empty and np.isfinite(store.read("3")).all()
+    # the first phone of n0/u0, [0.05, 0.12) s, owns the frames centred at 0.0525 ... 0.1125 s (indices 2-5)
+    from phonefair.corpus.audio import read_audio
+    from phonefair.encoders import load_encoder
+
+    enc = load_encoder(tmp_path / "out" / "models" / "tiny-wav2vec2", layers=[3])
+    row = int(np.flatnonzero((store.tokens["recording_id"] == "n0/u0").to_numpy())[0])
+    mixed = enc.frames(read_audio(root / "n0" / "u0.wav", mix=True))["3"][2:6].mean(0)
+    left = enc.frames(read_audio(root / "n0" / "u0.wav", channel=0))["3"][2:6].mean(0)
+    np.testing.assert_allclose(store.read("3", [row])[0], mixed, atol=1e-5)
+    assert not np.allclose(mixed, left, atol=1e-3)
     assert "extract:tiny" in res.stages_run
 
 

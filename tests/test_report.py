@@ -86,7 +86,9 @@ def test_dollar_signs_in_labels_are_drawn_literally(tmp_path: Path) -> None:
         for col in ("group", "test_group", "train_group", "best_group", "worst_group"):
             if col in t.columns:
                 t[col] = t[col].map(lambda v: names.get(v, v) if isinstance(v, str) else v)
-    path = write_report(tmp_path, tables, {}, {}, title="dollars")
+    # the figures that draw group labels (legend, tick labels); the report used to die while drawing them
+    keep = ("probe_accuracy", "group_gap", "in_group_benefit")
+    path = write_report(tmp_path, {k: tables[k] for k in keep}, {}, {}, title="dollars")
     assert "$10k-$20k" in path.read_text()
     for fig in (F.accuracy_by_layer(tables["probe_accuracy"], tables["group_gap"]),
                 F.in_group_benefit(tables["in_group_benefit"], "3")):

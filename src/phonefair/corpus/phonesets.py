@@ -257,21 +257,27 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
                 else pd.Series(None, index=df.index, dtype=object))
 
     def report(rows: dict[str, list[int]], what: str, action: str, severity: str) -> None:
-        # one row per label and file, so every file (and its first line) is named
+        # errors and warnings: one row per label and file, so every file (and its first line) is named; "info"
+        # (the scheme's intended behaviour, e.g. TIMIT q deletion in thousands of files): one row per label
         for label, idx in rows.items():
             by_file: dict[Any, list[int]] = {}
             for i in idx:
-                by_file.setdefault(file_key.iloc[i], []).append(i)
-            overall = f"; {len(idx)} token(s) in {len(by_file)} file(s) in all" if len(by_file) > 1 else ""
+                by_file.setdefault(file_key.iloc[i] if severity != "info" else None, []).append(i)
+            n_files = len({file_key.iloc[i] for i in idx})
+            overall = f"; {len(idx)} token(s) in {n_files} file(s) in all" if n_files > 1 else ""
             for first, *rest in by_file.values():
                 f, ctx = where(first)
                 ln = [int(lines.iloc[i]) for i in (first, *rest) if not pd.isna(lines.iloc[i])]
                 at = ("" if not ln else f", line{'s' if len(ln) > 1 else ''} "
                       + ", ".join(map(str, ln[:10])) + (", ..." if len(ln) > 10 else ""))
+                if severity == "info":  # aggregated over files: name the first one
+                    at = "" if not ln else f", line {ln[0]}"
+                    text = f"{len(idx)} token(s), first in {ctx or f'row {first}'}{at}"
+                    text += f" ({n_files} file(s))" if n_files > 1 else ""
+                else:
+                    text = f"{1 + len(rest)} token(s) in {ctx or f'row {first}'}{at}{overall}"
                 problems.append({"severity": severity, "file": f, "line": ln[0] if ln else None,
-                                 "field": "phone_raw",
-                                 "message": f"{what} {scheme} phone label {label!r}: {1 + len(rest)} token(s) in "
-                                            f"{ctx or f'row {first}'}{at}{overall}",
+                                 "field": "phone_raw", "message": f"{what} {scheme} phone label {label!r}: {text}",
                                  "action": action})
 
     if suggestion is not None:
