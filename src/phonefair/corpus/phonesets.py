@@ -161,7 +161,8 @@ def scheme_coverage(labels: Sequence[Any]) -> dict[str, float]:
             for sc in SCHEMES}
 
 
-def suggest_scheme(labels: Sequence[Any], scheme: str, *, min_coverage: float = 0.9) -> tuple[str, dict[str, float]] | None:
+def suggest_scheme(labels: Sequence[Any], scheme: str, *,
+                   min_coverage: float = 0.9) -> tuple[str, dict[str, float]] | None:
     """The scheme the labels look like when it is not ``scheme``: ``(name, coverage of every scheme)``, or None.
 
     A suggestion needs the other scheme to know at least ``min_coverage`` of the tokens and clearly more than
@@ -199,12 +200,13 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
     scheme deletes (TIMIT ``q``) are dropped.
 
     Returns the new table (index reset, input row order kept) and a list of problem dicts with keys of
-    :data:`phonefair.corpus.schema.PROBLEM_COLUMNS`, so nothing disappears silently: one per distinct unknown /
-    deleted / multi-segment label and file (``file_column``; else recording), with the first ``line_column`` line
-    of the file in ``line``, up to 10 lines and the counts in the message. When many labels are unknown and
-    another scheme knows them, a first problem (field ``phone_scheme``) suggests it (:func:`suggest_scheme`). Severity: ``"error"`` when tokens are dropped (unknown, or
-    multi-segment with ``multi="drop"``), ``"warning"`` when kept but degraded, ``"info"`` for the scheme's
-    intended behaviour (TIMIT ``q`` deletion, even split). ``out.attrs["provenance"]`` records the scheme, options and map file.
+    :data:`phonefair.corpus.schema.PROBLEM_COLUMNS`, so nothing disappears silently. Severity: ``"error"`` when
+    tokens are dropped (unknown, or multi-segment with ``multi="drop"``), ``"warning"`` when kept but degraded,
+    ``"info"`` for the scheme's intended behaviour (TIMIT ``q`` deletion, even split). Errors and warnings get one
+    row per label and file (``file_column``; else recording) with the first ``line_column`` line of that file in
+    ``line`` and up to 10 lines and the counts in the message; ``info`` one row per label. When many labels are
+    unknown and another scheme knows them, a first problem (field ``phone_scheme``) suggests it
+    (:func:`suggest_scheme`). ``out.attrs["provenance"]`` records the scheme, options and map file.
     """
     _check_scheme(scheme)
     check_unknown_policy(unknown)
