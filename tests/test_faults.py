@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 
 from phonefair import pipeline
@@ -161,3 +162,20 @@ def test_every_torch_load_in_the_package_is_weights_only() -> None:
     calls = [(p.relative_to(root), m.group(0)) for p in root.rglob("*.py")
              for m in re.finditer(r"torch\.load\([^)]*\)", p.read_text())]
     assert calls and all("weights_only=True" in c for _, c in calls), calls
+
+
+def test_validate_command_reads_the_audio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15 rows 5 and 10: ``phonefair validate`` said OK for a recording shorter than one frame and for NaN
+    audio (it read headers only). Now exit 3 with the files named; ``--headers-only`` skips the sample checks."""
+    from phonefair.cli import main
+
+    root = build_corpus(tmp_path / "c", speakers_per_group=3, bad={"s0/nan": "nan", "n0/short": "short"})
+    args = ["--quiet", "validate", "--kind", "textgrid", "--root", str(root), "--group-by", "accent",
+            "--min-speakers", "3", "--option", f"speakers={root / 'speakers.csv'}"]
+    assert main(args) == 3
+    out = capsys.readouterr().out
+    assert "nan.wav [audio]: audio contains NaN or infinite samples" in out
+    assert "short.wav [duration]: recording 'n0/short': audio is 10.0 ms long" in out
+    assert main([*args, "--headers-only"]) == 3  # the 10 ms file is still caught from its header
+    out = capsys.readouterr().out
+    assert "NaN or infinite" not in out and "short.wav [duration]" in out
