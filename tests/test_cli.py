@@ -213,6 +213,14 @@ def test_help_exits_zero_and_teaches(capsys: pytest.CaptureFixture[str]) -> None
         assert "example" in capsys.readouterr().out
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15 row 14: no ``--version``."""
+    import phonefair
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"phonefair {phonefair.__version__}"
+
+
 def test_usage_and_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["frobnicate"]) == 2

@@ -90,15 +90,34 @@ def test_store_equals_pooled_hidden_states(family: str, tiny_dirs: dict[str, Pat
     assert st.provenance["n_nan_rows"] == 0 and st.provenance["encoder"]["family"] == enc.name
 
 
-def test_phones_past_end_are_clamped_and_counted(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_phones_past_the_end_of_the_audio_are_nan_not_clamped(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 15 row 2: an alignment longer than its audio. Phones whose midpoint lies past the end used to get the
+    last frame's vector each (identical vectors under different labels, scored as test tokens)."""
     corpus = make_corpus(tmp_path, durations=(0.5,))
-    extra = pd.DataFrame([dict(recording_id="utt0", speaker="spk0", start=0.7, end=0.8, phone_raw="x", phone="aa")])
+    extra = pd.DataFrame([dict(recording_id="utt0", speaker="spk0", start=0.7, end=0.8, phone_raw="x", phone="aa"),
+                          dict(recording_id="utt0", speaker="spk0", start=0.8, end=0.95, phone_raw="y", phone="iy"),
+                          dict(recording_id="utt0", speaker="spk0", start=0.40, end=0.55, phone_raw="z",
+                               phone="uw")])  # midpoint 0.475 s: inside, only its end is past the audio
     corpus = corpus.with_tables(phones=pd.concat([corpus.phones, extra], ignore_index=True))
+    past = np.flatnonzero(corpus.phones["start"].to_numpy() >= 0.7)
+    partial = int(np.flatnonzero(corpus.phones["phone_raw"].to_numpy() == "z")[0])
     enc = load_encoder(tiny_dirs["wav2vec2"])
     st = extract(corpus, enc, store_root=tmp_path / "s", dtype="float32", progress=False)
-    assert st.provenance["n_phones_clamped"] == 1
-    last = enc.frames(sf.read(tmp_path / "utt0.wav", dtype="float32")[0])["3"][-1]
-    np.testing.assert_allclose(st.read("3", [len(corpus.phones) - 1])[0], last, atol=1e-5)
+    for layer in st.layers:
+        v = st.read(layer)
+        assert np.isnan(v[past]).all()
+        assert np.isfinite(np.delete(v, past, axis=0)).all()
+    assert st.provenance["n_phones_past_end"] == 2 and st.provenance["n_nan_rows"] == 2
+    assert st.provenance["n_phones_truncated"] == 1 and "midpoint" in st.provenance["past_end_rule"]
+    assert len(st.problems) == 1
+    p = st.problems.iloc[0]
+    assert p["file"].endswith("utt0.wav") and p["field"] == "end" and "past the end" in p["message"]
+    assert all(str(r) in p["action"] for r in past)
+    # the partly-past phone is pooled over the frames inside the audio (the frame rule, nothing clamped)
+    c = enc.grid.centres(enc.num_frames(8000))
+    inside = np.flatnonzero((c >= 0.40) & (c < 0.55))
+    fr = enc.frames(sf.read(tmp_path / "utt0.wav", dtype="float32")[0])["3"]
+    np.testing.assert_allclose(st.read("3", [partial])[0], fr[inside].mean(0), atol=1e-5)
 
 
 class _Counting:
@@ -208,6 +227,35 @@ def test_unreadable_audio_raise_or_skip(tiny_dirs: dict[str, Path], tmp_path: Pa
     assert np.isnan(v[rows]).all() and np.isfinite(np.delete(v, rows, axis=0)).all()
     assert st.provenance["n_nan_rows"] == len(rows) and st.provenance["n_problems"] == 1
     assert len(st.problems) == 1 and "utt1.wav" in st.problems["file"].iloc[0]
+
+
+def test_bad_audio_content_is_a_reported_skip(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 15 rows 5 and 10: NaN samples, digital silence (all zeros) and a recording shorter than one encoder
+    frame. Each is one recording's problem: NaN rows + a problem row naming the file under
+    ``on_audio_error="skip"``; NaN/silent audio is an error naming the file under ``"raise"``."""
+    from phonefair.corpus.audio import AudioError
+
+    corpus = make_corpus(tmp_path)
+    x = sf.read(tmp_path / "utt1.wav", dtype="float32")[0]
+    x[100] = np.nan
+    sf.write(tmp_path / "utt1.wav", x, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "utt2.wav", np.zeros(9600, np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "utt3.wav", 0.1 * np.ones(160, np.float32), 16000, subtype="FLOAT")  # 10 ms
+    enc = load_encoder(tiny_dirs["wav2vec2"])
+    with pytest.raises(AudioError, match=r"utt1\.wav.*NaN"):
+        extract(corpus, enc, store_root=tmp_path / "s", progress=False)
+    with pytest.raises(AudioError, match=r"utt2\.wav.*digital silence"):
+        extract(corpus.with_tables(phones=corpus.phones[corpus.phones.recording_id != "utt1"]), enc,
+                store_root=tmp_path / "s", progress=False)
+    st = extract(corpus, enc, store_root=tmp_path / "s", progress=False, on_audio_error="skip")
+    rid = corpus.phones["recording_id"].to_numpy()
+    v = st.read("2")
+    assert np.isnan(v[rid != "utt0"]).all() and np.isfinite(v[rid == "utt0"]).all()
+    pr = st.problems.set_index(st.problems["file"].str.extract(r"(utt\d)\.wav", expand=False))
+    assert sorted(pr.index) == ["utt1", "utt2", "utt3"] and (pr["severity"] == "error").all()
+    assert "NaN" in pr.at["utt1", "message"] and "digital silence" in pr.at["utt2", "message"]
+    assert "shorter than one encoder frame" in pr.at["utt3", "message"]
+    assert st.provenance["n_nan_rows"] == int((rid != "utt0").sum())
 
 
 def test_bad_arguments(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:

@@ -314,6 +314,44 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_corpus: tuple[Corpus, pd.
         finetune(corpus, groups, tiny_w2v, tmp_path / "part", steps=4, resume=False, **kw)
 
 
+def test_progress_bar_with_the_ctc_objective(tmp_path: Path, tiny_corpus: tuple[Corpus, pd.Series], tiny_w2v: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15 row 9: ``phonefair finetune`` crashed with "unsupported format string passed to
+    NoneType.__format__" (the progress bar formatted loss_group=None for the ctc variant); --quiet worked."""
+    corpus, groups = tiny_corpus
+    res = finetune(corpus, groups, tiny_w2v, tmp_path / "ctc", objective="ctc", steps=2,
+                   **{**FAST, "progress": True})
+    assert res.complete and "finetune ctc" in capsys.readouterr().err
+
+
+class _Planted:
+    """Unpickling this object creates a file: a stand-in for code planted in a checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def test_a_planted_checkpoint_is_refused_not_executed(tmp_path: Path, tiny_corpus: tuple[Corpus, pd.Series],
+                                                      tiny_w2v: Path) -> None:
+    """Issue 15 row 4: resuming read ``trainer_state.pt`` with ``torch.load(weights_only=False)``, so a results
+    folder received from someone else could run code."""
+    from phonefair.finetune.train import CHECKPOINT, STATE_FILE
+
+    corpus, groups = tiny_corpus
+    out = tmp_path / "ft"
+    part = finetune(corpus, groups, tiny_w2v, out, objective="ctc", steps=3, stop_after=1, **FAST)
+    assert not part.complete
+    state = out / CHECKPOINT / STATE_FILE
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "payload": _Planted(marker)}, state)
+    with pytest.raises(ValueError, match=r"trainer_state\.pt.*not a plain tensor state"):
+        finetune(corpus, groups, tiny_w2v, out, objective="ctc", steps=3, **FAST)
+    assert not marker.exists()
+
+
 def test_bad_inputs(tmp_path: Path, tiny_corpus: tuple[Corpus, pd.Series], tiny_w2v: Path) -> None:
     corpus, groups = tiny_corpus
     from phonefair.encoders.tiny import save_tiny_model

@@ -166,6 +166,35 @@ def test_normalize_unknown_policies() -> None:
         normalize_phones(df, "arpabet", unknown="error", file_column="file")
 
 
+def test_unknown_labels_are_reported_for_every_file_with_lines() -> None:
+    """Issue 15 row 14: unknown-label problems had no line number and named only the first file."""
+    a, b = _phones(["B", "PT", "AA1", "PT"], rec="r1"), _phones(["PT", "IY1"], rec="r2")
+    df = pd.concat([a.assign(line=[10, 14, 18, 22]), b.assign(line=[10, 14])], ignore_index=True)
+    _, probs = normalize_phones(df, "arpabet", file_column="file")
+    pt = sorted((p for p in probs if "'PT'" in p["message"]), key=lambda p: p["file"])
+    assert [(p["file"], p["line"]) for p in pt] == [("/c/r1.TextGrid", 14), ("/c/r2.TextGrid", 10)]
+    assert "2 token(s)" in pt[0]["message"] and "lines 14, 22" in pt[0]["message"]
+    assert "3 token(s) in 2 file(s)" in pt[0]["message"] and "1 token(s)" in pt[1]["message"]
+
+
+def test_ipa_or_timit_labels_under_the_wrong_scheme_suggest_the_right_one() -> None:
+    """Issue 15 row 13: IPA labels under the default arpabet scheme gave many "unknown arpabet phone" errors with
+    no hint to use mfa_ipa."""
+    ipa = _phones(["tʰ", "ɑ", "ɫ", "aj", "ʃ", "spn", "ɹ", "ə", "tʰ", "ɑ"])
+    _, probs = normalize_phones(ipa, "arpabet", file_column="file")
+    hint = [p for p in probs if p["field"] == "phone_scheme"]
+    assert len(hint) == 1 and 'phone_scheme = "mfa_ipa"' in hint[0]["message"]
+    assert hint[0]["severity"] == "error" and hint[0]["file"] is None
+    with pytest.raises(UnknownPhoneError, match='phone_scheme = "mfa_ipa"'):
+        normalize_phones(ipa, "arpabet", unknown="error", file_column="file")
+    timit = _phones(["h#", "pcl", "p", "ix", "dcl", "d", "ax-h", "h#"])
+    _, probs = normalize_phones(timit, "arpabet")
+    assert any('phone_scheme = "timit"' in p["message"] for p in probs)
+    # a few unknown labels among right ones: no scheme hint (the scheme is right, the labels are odd)
+    _, probs = normalize_phones(_phones(["B", "AA1", "IY1", "T", "S", "PT"]), "arpabet")
+    assert not [p for p in probs if p["field"] == "phone_scheme"]
+
+
 def test_normalize_timit_q_deleted_and_reported() -> None:
     df = _phones(["h#", "q", "ix", "q"])
     out, probs = normalize_phones(df, "timit")

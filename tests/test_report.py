@@ -45,6 +45,26 @@ def test_figures_saved_as_png_and_svg(rendered: tuple[Path, str]) -> None:
     assert {p.suffix for p in figs} >= {".png", ".svg"}
 
 
+def test_dollar_signs_in_labels_are_drawn_literally(tmp_path: Path) -> None:
+    """Issue 15 row 7: a group label with "$" was read as matplotlib mathtext: "$10k-$20k" drawn as "10k−20k",
+    and "a $_$ b" killed the report stage with "error: _"."""
+    import matplotlib.text
+
+    from phonefair.report import figures as F
+
+    sim = simulate("null", seed=1, dim=6)
+    groups = sim.groups.replace({"A": "$10k-$20k", "B": "a $_$ b"})
+    audit = Audit(sim.embeddings, groups, probes={"l2_grid": [0.01], "threads": 1},
+                  analysis={"n_perm": 99, "n_boot": 20})
+    path = audit.report(tmp_path, title="dollars")
+    assert "$10k-$20k" in path.read_text()
+    fig = F.accuracy_by_layer(audit.tables()["group_accuracy"])
+    F.figure_to_base64(fig)  # drawn (tick labels are made at draw time)
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if "$" in t.get_text()]
+    assert {t.get_text() for t in texts} >= {"$10k-$20k", "a $_$ b"}
+    assert not any(t.get_parse_math() for t in texts)
+
+
 def test_missing_tables_say_not_computed(tmp_path: Path) -> None:
     html = write_report(tmp_path, {}, {}, {}).read_text()
     assert "not computed" in html

@@ -101,6 +101,36 @@ def test_broken_files_raise_corpus_error_naming_file(tmp_path: Path) -> None:
         read_intervals(ok, "nope")
 
 
+def test_malformed_numbers_and_sizes_are_errors_naming_the_line(tmp_path: Path) -> None:
+    """Issue 15 row 12: "0.0.7" used to be read as 0.7 and "0.5.3" as 5.3; comma decimals gave "tiers are []";
+    a declared size smaller than the interval count dropped phones with no problem reported."""
+    phones = [(0, 0.2, "B"), (0.2, 0.5, "AA1"), (0.5, 0.7, "R")]
+    for fmt, write in (("long", long_tg), ("short", short_tg)):
+        text = write({"phones": phones})
+        lines = text.splitlines()
+        for bad, shown in (("0.0.7", "'0.0.7'"), ("0.5.3", "'0.5.3'")):
+            p = tmp_path / f"{fmt}-{bad}.TextGrid"
+            p.write_text(text.replace("0.7", bad))
+            line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if bad in t)
+            with pytest.raises(CorpusError, match=rf"{p.name} line {line}: .*{shown}.* not a number"):
+                read_textgrid(p)
+        p = tmp_path / f"{fmt}-comma.TextGrid"
+        p.write_text(text.replace("0.2", "0,2").replace("0.5", "0,5"))
+        line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if "0,2" in t)
+        with pytest.raises(CorpusError, match=rf"{p.name} line {line}: .*'0,2'.*comma.*decimal point"):
+            read_textgrid(p)
+        # one interval more than the tier declares: an error naming the line of the extra interval
+        p = tmp_path / f"{fmt}-size.TextGrid"
+        declared = "intervals: size = 3" if fmt == "long" else "3"
+        i = max(k for k, t in enumerate(lines) if t.strip() == declared)
+        p.write_text("\n".join(lines[:i] + [lines[i].replace("3", "2")] + lines[i + 1:]) + "\n")
+        with pytest.raises(CorpusError, match=rf"{p.name} line \d+: .*tier 'phones' declares 2 interval\(s\).*more"):
+            read_textgrid(p)
+    ok = tmp_path / "ok.TextGrid"
+    ok.write_text(long_tg({"phones": phones}).replace("xmax = 1.0", "xmax = 1e0"))  # exponents stay valid
+    assert read_intervals(ok) == phones
+
+
 def test_multispeaker_tiers(tmp_path: Path) -> None:
     p = tmp_path / "conv.TextGrid"
     p.write_text(long_tg({"alice - words": [(0, 0.4, "hi")], "alice - phones": [(0, 0.2, "HH"), (0.2, 0.4, "AY1")],
@@ -224,6 +254,38 @@ def test_loader_options(toy: Path, tmp_path: Path) -> None:
     (flat / "s01_a.TextGrid").write_text(long_tg({"phones": [(0, 1, "B")]}))
     c = load_textgrid_corpus(flat, speaker_from="filename-prefix")
     assert c.speakers["speaker"].tolist() == ["s01"]
+
+
+def test_speaker_table_in_utf16_or_utf8_with_bom(tmp_path: Path) -> None:
+    """Issue 15 row 14: a UTF-16 CSV speaker table was rejected although UTF-16 TextGrids are accepted."""
+    text = "speaker,gender,accent\nspkA,f,Scottish Énglish\nspkB,m,Welsh\n"
+    for enc, sep in (("utf-16", ","), ("utf-8-sig", ","), ("utf-16", "\t"), ("utf-8", ",")):
+        p = tmp_path / f"spk-{enc}.{'tsv' if sep == chr(9) else 'csv'}"
+        p.write_text(text.replace(",", sep), encoding=enc)
+        spk, utt, probs = load_speaker_table(p)
+        assert spk["speaker"].tolist() == ["spkA", "spkB"] and utt is None and probs == [], enc
+        assert spk["accent"].tolist() == ["Scottish Énglish", "Welsh"]
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(text.encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1\.csv.*UTF-8.*UTF-16"):
+        load_speaker_table(bad)
+
+
+def test_manifest_is_strict_json(tmp_path: Path) -> None:
+    """Issue 15 row 14: manifest.json held bare NaN (not JSON; jq and browsers refuse it)."""
+    c = Corpus(phones=pd.DataFrame({"recording_id": ["r"], "speaker": ["s"], "start": [0.0], "end": [0.1],
+                                    "phone_raw": ["B"], "phone": ["b"]}),
+               speakers=pd.DataFrame({"speaker": ["s"], "age": [np.nan]}),
+               recordings=pd.DataFrame({"recording_id": ["r"], "speaker": ["s"], "audio_path": ["r.wav"]}),
+               extra={"snr_db": float("inf"), "gain": np.float64("nan"), "nested": {"x": [1.0, float("nan")]}})
+    c.save(tmp_path / "c")
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-JSON constant {token}")
+
+    man = json.loads((tmp_path / "c" / "manifest.json").read_text(), parse_constant=refuse)
+    assert man["options"] == {"snr_db": None, "gain": None, "nested": {"x": [1.0, None]}}
+    assert Corpus.load(tmp_path / "c").fingerprint() == c.fingerprint()
 
 
 def test_common_voice(tmp_path: Path) -> None:

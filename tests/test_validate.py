@@ -49,8 +49,8 @@ def test_clean_corpus_is_ok(tmp_path: Path) -> None:
 def test_each_check_fires(tmp_path: Path) -> None:
     c = make_corpus(tmp_path)
     ph = c.phones.copy()
-    # s0: last phone past the end of the 1 s audio (beyond the 10 ms tolerance); s1: 5 ms past (tolerated)
-    ph.loc[(ph.recording_id == "s0") & (ph.phone == "t"), "end"] = 1.2
+    # s0: last phone past the end of the 1 s audio (midpoint 1.1 s); s1: 5 ms past (tolerated)
+    ph.loc[(ph.recording_id == "s0") & (ph.phone == "t"), ["start", "end"]] = [1.0, 1.2]
     ph.loc[(ph.recording_id == "s1") & (ph.phone == "t"), "end"] = 1.005
     ph.loc[(ph.recording_id == "s2") & (ph.phone == "iy"), "start"] = 0.1  # overlaps "b" [0, 0.2]
     ph.loc[(ph.recording_id == "s3") & (ph.phone == "b"), "end"] = 0.0  # zero-length
@@ -70,9 +70,9 @@ def test_each_check_fires(tmp_path: Path) -> None:
         assert len(hits) == 1, (text, pr["message"].tolist())
         return hits.iloc[0]
 
-    past = one("alignment ends at 1.200 s")
+    past = one("1 phone(s) lie past the end of the audio")
     assert past["severity"] == "error" and past["file"] == "s0.TextGrid" and past["line"] == 12
-    assert "s1" not in " ".join(pr.loc[pr["message"].str.contains("alignment ends"), "message"])
+    assert "s1" not in " ".join(pr.loc[pr["message"].str.contains("past the"), "message"])
     assert one("s1.wav: audio file does not exist")["severity"] == "error"
     assert one("overlaps the previous phone")["file"] == "s2.TextGrid"
     assert one("zero or negative length")["line"] == 10
@@ -109,6 +109,58 @@ def test_decode_audio_and_bad_args(tmp_path: Path) -> None:
         validate_corpus(c, group_by="region")
     with pytest.raises(ValueError, match="min_speakers_per_group"):
         validate_corpus(c, min_speakers_per_group=0)
+
+
+def test_audio_content_and_alignment_end_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15 rows 2, 5, 10 and part B: validate reads the audio, not only headers. NaN samples, digital silence
+    and audio shorter than one encoder frame are errors naming the file; phones past the end of the audio follow
+    extraction's rule (midpoint at or after the end: error; only the end past it: warning)."""
+    c = make_corpus(tmp_path)  # 1 s of noise per speaker, phones [0, 0.2) [0.2, 0.4) [0.4, 0.6)
+    x = sf.read(tmp_path / "s0.wav", dtype="float32")[0]
+    x[5] = np.inf
+    sf.write(tmp_path / "s0.wav", x, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "s1.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "s2.wav", 0.1 * np.ones(160, np.float32), 16000)  # 10 ms
+    ph = c.phones.copy()
+    t3 = (ph.recording_id == "s3") & (ph.phone == "t")
+    ph.loc[t3, ["start", "end"]] = [1.1, 1.2]  # midpoint past the 1 s audio
+    t4 = (ph.recording_id == "s4") & (ph.phone == "t")
+    ph.loc[t4, ["start", "end"]] = [0.9, 1.05]  # midpoint inside, end 50 ms past
+    rep = validate_corpus(c.with_tables(phones=ph), progress=True)
+    assert "validate audio" in capsys.readouterr().err  # a progress bar over the recordings
+    pr = rep.problems
+
+    def one(file: str, text: str) -> pd.Series:
+        hits = pr[pr["file"].fillna("").str.endswith(file) & pr["message"].str.contains(text, regex=False)]
+        assert len(hits) == 1, (file, text, pr[["file", "message"]].to_string())
+        return hits.iloc[0]
+
+    assert one("s0.wav", "NaN or infinite")["severity"] == "error"
+    assert one("s1.wav", "digital silence")["severity"] == "error"
+    short = one("s2.wav", "shorter than one encoder frame")
+    assert short["severity"] == "error" and short["field"] == "duration"
+    past = one("s3.TextGrid", "past the end of the audio")
+    assert (past["severity"], past["line"], past["field"]) == ("error", 12, "end")
+    part = one("s4.TextGrid", "end past the audio")
+    assert (part["severity"], part["line"]) == ("warning", 12)
+    assert not rep.ok
+    # content checks can be skipped on huge corpora: header checks (duration, alignment end) still run
+    quick = validate_corpus(c.with_tables(phones=ph), decode_audio=False).problems
+    assert not quick["message"].str.contains("infinite|digital silence").any()
+    assert not rep.problems["field"].eq("sampling_rate").any()  # a 50 ms overrun is not a header problem
+    assert quick["message"].str.contains("shorter than one encoder frame").sum() == 1
+
+
+def test_sample_rate_header_that_does_not_fit_the_alignment(tmp_path: Path) -> None:
+    """Issue 15 row 2 (a 48 kHz header on 16 kHz data): the audio looks 3x shorter than its alignment; validate
+    says which rate would fit."""
+    c = make_corpus(tmp_path, n_speakers=1)
+    x = sf.read(tmp_path / "s0.wav", dtype="float32")[0]
+    sf.write(tmp_path / "s0.wav", x, 48000)
+    rep = validate_corpus(c)
+    hint = rep.problems[rep.problems["field"] == "sampling_rate"]
+    assert len(hint) == 1 and "48000" in hint["message"].iloc[0] and "16000" in hint["message"].iloc[0]
+    assert hint["file"].iloc[0].endswith("s0.wav") and not rep.ok
 
 
 def test_real_loader_output_validates(real_samples: Path, tmp_path: Path) -> None:

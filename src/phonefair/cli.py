@@ -46,11 +46,18 @@ class _UsageError(Exception):
     pass
 
 
+def _version() -> str:
+    from phonefair import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="phonefair", formatter_class=fmt, epilog=_EPILOG,
                 description="Why do self-supervised speech encoders serve some speaker groups worse? "
                             "Phone-level probes per group, random-vs-systematic error typology, HTML report.")
+    p.add_argument("--version", action="version", version=f"phonefair {_version()}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -81,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-speakers", type=int, default=5, help="minimum speakers per group (default: 5)")
     v.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, repeatable (e.g. --option phone_scheme=mfa_ipa --option mix=true)")
+    v.add_argument("--headers-only", action="store_true",
+                   help="check audio headers only, not the samples (NaN/inf, silence): for huge corpora")
 
     s = cmd("synth", "Build a synthetic multi-accent corpus (espeak-ng) in OUT.",
             "example:\n  phonefair synth synth-out --speakers-per-group 6 --sentences-per-speaker 8")
@@ -258,24 +267,29 @@ def _dispatch(args: argparse.Namespace, stages: object = None) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from phonefair import config as C
+    from dataclasses import replace
+
     from phonefair.pipeline import stages as P
 
     if args.config is not None:
         if args.kind or args.root:
             raise _UsageError("give either CONFIG or --kind/--root, not both")
         cfg = C.load_config(args.config)
+        if args.headers_only:
+            cfg = replace(cfg, corpus=replace(cfg.corpus, check_audio="headers"))
         corpus = P.load_corpus(cfg, cfg.out_dir)
-        problems, summary, ok, text = P.validate(corpus, cfg)
+        problems, summary, ok, text = P.validate(corpus, cfg, progress=not args.quiet)
     else:
         if not (args.kind and args.root):
             raise _UsageError("validate needs CONFIG or both --kind and --root")
         cfg = C.parse_config({"corpus": {"kind": args.kind, "root": str(args.root),
-                                         "options": _loader_options(args.option)},
+                                         "options": _loader_options(args.option),
+                                         "check_audio": "headers" if args.headers_only else "content"},
                               "groups": {"attribute": args.group_by or "speaker",
                                          "min_speakers": args.min_speakers},
                               "encoders": [{"model": "none"}]}, source="command line", base_dir=Path.cwd())
         corpus = P.load_corpus(cfg, Path.cwd())
-        problems, summary, ok, text = P.validate(corpus, cfg)
+        problems, summary, ok, text = P.validate(corpus, cfg, progress=not args.quiet)
     print(repr(corpus))
     print(text or f"{len(problems)} problem(s) recorded by the loader")
     return EXIT_OK if ok else EXIT_DATA

@@ -53,6 +53,8 @@ class CorpusSettings(Settings):
     root: str | None = setting(None, "corpus folder (not for kind = synthetic)", path=True)
     options: Mapping[str, Any] = setting({}, "keyword options of the loader, checked against its signature")
     strict: bool = setting(False, "stop on validation errors instead of reporting the excluded items")
+    check_audio: Literal["content", "headers"] = setting(
+        "content", "validation reads every sample (NaN/inf, silence, length) or only the file headers (huge corpora)")
 
     def validate(self) -> None:
         if self.kind != "synthetic" and self.root is None:
@@ -108,6 +110,8 @@ class ExtractionSettings(Settings):
     num_workers: int = setting(1, "Ray: encoder actors", min=1)
     num_gpus_per_worker: float = setting(0.0, "Ray: GPUs per actor (0 on CPU clusters)", min=0.0, max=64.0)
     ray_address: str | None = setting(None, "Ray: cluster address (default: start or join a local runtime)")
+    on_audio_error: Literal["skip", "raise"] = setting(
+        "skip", "unreadable or unusable audio: NaN rows + a reported problem, or stop the run")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,31 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN / inf float (and pandas' missing values) replaced by ``None``, numpy scalars made
+    Python ones: what ``json.dumps(..., allow_nan=False)`` accepts. Bare ``NaN`` is not JSON; jq and browsers
+    refuse files holding it."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset, np.ndarray)):
+        return [strict_json(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    return str(obj)
+
+
+def dumps_strict(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` of :func:`strict_json` (``allow_nan=False``: a non-finite value that slipped through fails
+    here, not in a reader)."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
+
 def resolve_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | None) -> str:
     """``path`` as an absolute path; a relative one is taken relative to ``base`` (a config file's folder), never
     to the current directory."""
@@ -66,19 +91,9 @@ def json_strict(o: Any) -> Any:
     return json_default(o)
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def to_json(obj: Any) -> str:
     """Strict JSON text (NaN/inf → null) of settings, summaries and provenance."""
-    return json.dumps(_finite(json.loads(json.dumps(obj, default=json_strict))), indent=2, allow_nan=False)
+    return dumps_strict(json.loads(json.dumps(obj, default=json_strict)), indent=2)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

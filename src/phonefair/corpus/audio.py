@@ -15,7 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["TARGET_SR", "AudioError", "AudioInfo", "audio_info", "audio_problems", "read_audio"]
+__all__ = ["TARGET_SR", "AudioError", "AudioInfo", "audio_content_problems", "audio_info", "audio_problems",
+           "read_audio", "read_samples"]
 
 #: the sampling rate every encoder in phonefair expects
 TARGET_SR = 16000
@@ -67,13 +68,14 @@ def _decode(p: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     return x
 
 
-def read_audio(path: str | os.PathLike[str], *, target_sr: int = TARGET_SR, channel: int | None = None,
-               mix: bool = False, start: float | None = None, end: float | None = None) -> np.ndarray:
-    """Read ``path`` as float32 mono at ``target_sr`` (soundfile + soxr HQ).
+def read_samples(path: str | os.PathLike[str], *, channel: int | None = None, mix: bool = False,
+                 start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
+    """``(float32 mono samples, native sampling rate)`` of ``path``, as stored: no resampling and no check of the
+    values (:func:`audio_content_problems` reports NaN / inf / silence; :func:`read_audio` refuses them).
 
-    ``start`` / ``end`` (seconds, native time line) read a segment. Multi-channel audio: ``channel`` picks one
-    (0-based), ``mix=True`` averages all; with neither, :class:`AudioError` explains the choice. A missing,
-    corrupt or empty file (or an empty segment) raises :class:`AudioError` naming the file.
+    ``start`` / ``end`` (seconds) read a segment. Multi-channel audio: ``channel`` picks one (0-based),
+    ``mix=True`` averages all; with neither, :class:`AudioError` explains the choice. A missing, corrupt or empty
+    file (or an empty segment) raises :class:`AudioError` naming the file.
     """
     p = os.fspath(path)
     info = audio_info(p)
@@ -97,9 +99,19 @@ def read_audio(path: str | os.PathLike[str], *, target_sr: int = TARGET_SR, chan
         y = x[:, channel]
     else:
         y = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    y = np.ascontiguousarray(y, dtype=np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32), sr
+
+
+def read_audio(path: str | os.PathLike[str], *, target_sr: int = TARGET_SR, channel: int | None = None,
+               mix: bool = False, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """Read ``path`` as float32 mono at ``target_sr`` (soundfile + soxr HQ).
+
+    Arguments as :func:`read_samples`. Audio with NaN or infinite samples raises :class:`AudioError` naming the
+    file (the resampler would smear them over the whole signal).
+    """
+    y, sr = read_samples(path, channel=channel, mix=mix, start=start, end=end)
     if not np.all(np.isfinite(y)):
-        raise AudioError(f"{p}: audio contains NaN or infinite samples")
+        raise AudioError(f"{os.fspath(path)}: audio contains NaN or infinite samples")
     if sr != target_sr:
         y = soxr.resample(y, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
     return y
@@ -109,27 +121,74 @@ def audio_problems(path: str | os.PathLike[str], samples: np.ndarray, *, clip_fr
                    silence_rms: float = 1e-4) -> list[dict[str, Any]]:
     """Quality problems of decoded ``samples`` as problem dicts (keys of ``PROBLEM_COLUMNS``).
 
-    Reports: empty audio (error), non-finite samples (error), clipping when more than ``clip_fraction`` of the
-    samples have ``|x| >= 0.999`` (warning), and digital silence when the RMS is below ``silence_rms`` (warning).
+    Reports: empty audio (error), non-finite samples (error), digital silence - every sample zero - (error: the
+    recording's phones would be embedded from nothing), clipping when more than ``clip_fraction`` of the samples
+    have ``|x| >= 0.999`` (warning), and near-silence when the RMS is below ``silence_rms`` (warning).
     """
-    p = os.fspath(path)
     x = np.asarray(samples)
+    finite = np.isfinite(x)
+    xf = np.where(finite, x, 0.0)
+    return _content_problems(os.fspath(path), n=int(x.size), n_nonfinite=int(x.size - finite.sum()),
+                             n_clipped=int(np.sum(np.abs(xf) >= CLIP_LEVEL)),
+                             sumsq=float(np.sum(np.square(xf, dtype=np.float64))), any_nonzero=bool(np.any(xf)),
+                             clip_fraction=clip_fraction, silence_rms=silence_rms)
+
+
+def audio_content_problems(path: str | os.PathLike[str], *, channel: int | None = None, mix: bool = True,
+                           block_seconds: float = 60.0, clip_fraction: float = 1e-3,
+                           silence_rms: float = 1e-4) -> list[dict[str, Any]]:
+    """:func:`audio_problems` of a file, decoded in blocks of ``block_seconds`` (flat memory on hour-long files)
+    with the recording's channel policy (``channel``, else ``mix``). An unreadable file gives one error row."""
+    p = os.fspath(path)
+    try:
+        info = audio_info(p)
+        if info.num_channels > 1 and channel is None and not mix:
+            raise AudioError(f"{p}: {info.num_channels} channels and no channel policy (channel / mix)")
+        if channel is not None and not 0 <= channel < info.num_channels:
+            raise AudioError(f"{p}: channel={channel} out of range (file has {info.num_channels} channel(s))")
+        n = n_nonfinite = n_clipped = 0
+        sumsq, any_nonzero = 0.0, False
+        block = max(1, int(block_seconds * info.sampling_rate))
+        for x in sf.blocks(p, blocksize=block, dtype="float32", always_2d=True):
+            y = x[:, channel] if channel is not None else x.mean(axis=1)
+            finite = np.isfinite(y)
+            yf = np.where(finite, y, 0.0)
+            n += y.size
+            n_nonfinite += int(y.size - finite.sum())
+            n_clipped += int(np.sum(np.abs(yf) >= CLIP_LEVEL))
+            sumsq += float(np.sum(np.square(yf, dtype=np.float64)))
+            any_nonzero = any_nonzero or bool(np.any(yf))
+    except AudioError as exc:
+        return [{"severity": "error", "file": p, "line": None, "field": "audio", "message": str(exc),
+                 "action": "recording unusable"}]
+    except Exception as exc:  # noqa: BLE001 - libsndfile errors on corrupt data mid-file
+        return [{"severity": "error", "file": p, "line": None, "field": "audio",
+                 "message": f"{p}: cannot decode audio: {exc}", "action": "recording unusable"}]
+    return _content_problems(p, n=n, n_nonfinite=n_nonfinite, n_clipped=n_clipped, sumsq=sumsq,
+                             any_nonzero=any_nonzero, clip_fraction=clip_fraction, silence_rms=silence_rms)
+
+
+def _content_problems(p: str, *, n: int, n_nonfinite: int, n_clipped: int, sumsq: float, any_nonzero: bool,
+                      clip_fraction: float, silence_rms: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(severity: str, message: str, action: str) -> None:
         out.append({"severity": severity, "file": p, "line": None, "field": "audio", "message": message,
                     "action": action})
 
-    if x.size == 0:
-        add("error", "audio is empty (0 samples)", "skipped recording")
+    excluded = "recording excluded (its phones are stored as NaN)"
+    if n == 0:
+        add("error", "audio is empty (0 samples)", excluded)
         return out
-    if not np.all(np.isfinite(x)):
-        add("error", "audio contains NaN or infinite samples", "skipped recording")
+    if n_nonfinite:
+        add("error", f"audio contains NaN or infinite samples ({n_nonfinite} of {n})", excluded)
         return out
-    frac = float(np.mean(np.abs(x) >= CLIP_LEVEL))
-    if frac > clip_fraction:
-        add("warning", f"clipping: {frac:.2%} of samples have |x| >= {CLIP_LEVEL}", "kept")
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    if not any_nonzero:
+        add("error", "silent audio: all samples are zero (digital silence)", excluded)
+        return out
+    if n_clipped / n > clip_fraction:
+        add("warning", f"clipping: {n_clipped / n:.2%} of samples have |x| >= {CLIP_LEVEL}", "kept")
+    rms = float(np.sqrt(sumsq / n))
     if rms < silence_rms:
         add("warning", f"silent audio: RMS {rms:.2e} < {silence_rms:g}", "kept")
     return out

@@ -201,9 +201,11 @@ def from_lhotse(recordings: RecordingSet, supervisions: SupervisionSet, *, phone
     attrs_ = dict(phones.attrs)
     spk_table = pd.DataFrame(list(speakers.values()))
     spk_table["age"] = pd.to_numeric(spk_table["age"], errors="coerce") if "age" in spk_table else float("nan")
+    for r in recs:  # a supervision over all channels of a multi-channel recording: mix them down
+        r["mix"] = r["channel"] is None and r["num_channels"] > 1
     corpus = Corpus(phones=phones, speakers=spk_table,
                     recordings=pd.DataFrame(recs, columns=["recording_id", "speaker", "audio_path", "sampling_rate",
-                                                           "num_channels", "duration", "channel"]),
+                                                           "num_channels", "duration", "channel", "mix"]),
                     name=name, source="", loader="phonefair.corpus.lhotse_io", loader_version="1",
                     problems=problems_frame(problems),
                     extra={"phone_scheme": phone_scheme, "unknown": unknown,

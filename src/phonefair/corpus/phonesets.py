@@ -16,6 +16,7 @@ import hashlib
 import re
 import unicodedata
 from importlib import resources
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,8 @@ __all__ = [
     "map_label",
     "normalize_phones",
     "phone_map",
+    "scheme_coverage",
+    "suggest_scheme",
 ]
 
 #: label conventions of sources (one TSV table each)
@@ -150,6 +153,36 @@ def _safe_map(label: Any, scheme: str) -> tuple[tuple[str, ...], int | None] | N
 UNKNOWN_POLICIES = ("drop", "keep", "error")
 
 
+def scheme_coverage(labels: Sequence[Any]) -> dict[str, float]:
+    """For every scheme, the fraction of ``labels`` (tokens, not distinct labels) its table knows."""
+    counts = pd.Series([("" if x is None or x is pd.NA else str(x)) for x in labels], dtype=object).value_counts()
+    total = float(counts.sum()) or 1.0
+    return {sc: float(sum(n for lab, n in counts.items() if _safe_map(lab, sc) is not None)) / total
+            for sc in SCHEMES}
+
+
+def suggest_scheme(labels: Sequence[Any], scheme: str, *,
+                   min_coverage: float = 0.9) -> tuple[str, dict[str, float]] | None:
+    """The scheme the labels look like when it is not ``scheme``: ``(name, coverage of every scheme)``, or None.
+
+    A suggestion needs the other scheme to know at least ``min_coverage`` of the tokens and clearly more than
+    ``scheme`` does (10 points), so a few odd labels under the right scheme never trigger one."""
+    cov = scheme_coverage(labels)
+    best = max(SCHEMES, key=lambda sc: cov[sc])  # ties: SCHEMES order
+    if best != scheme and cov[best] >= min_coverage and cov[best] >= cov[scheme] + 0.1:
+        return best, cov
+    return None
+
+
+def _scheme_hint(suggestion: tuple[str, dict[str, float]] | None, scheme: str) -> str:
+    if suggestion is None:
+        return ""
+    best, cov = suggestion
+    return (f"; the labels look like {best!r} ({cov[best]:.0%} of the tokens are in its map, {cov[scheme]:.0%} in "
+            f"{scheme!r}): set phone_scheme = \"{best}\" ([corpus.options] in the config; --option "
+            f"phone_scheme={best} for phonefair validate)")
+
+
 def check_unknown_policy(unknown: str) -> None:
     """Loaders call this before scanning a corpus, so a bad policy fails before any work is done."""
     if unknown not in UNKNOWN_POLICIES:
@@ -157,8 +190,8 @@ def check_unknown_policy(unknown: str) -> None:
 
 
 def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["drop", "keep", "error"] = "drop",
-                     multi: Literal["split", "first", "drop"] = "split", file_column: str | None = None
-                     ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+                     multi: Literal["split", "first", "drop"] = "split", file_column: str | None = None,
+                     line_column: str | None = "line") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Fill the ``phone`` and ``stress`` columns of a phone table from ``phone_raw``.
 
     ``unknown``: drop the row / keep it with ``phone=<NA>`` / raise :class:`UnknownPhoneError` (the message names
@@ -167,10 +200,13 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
     scheme deletes (TIMIT ``q``) are dropped.
 
     Returns the new table (index reset, input row order kept) and a list of problem dicts with keys of
-    :data:`phonefair.corpus.schema.PROBLEM_COLUMNS`: one per distinct unknown / deleted / multi-segment label with
-    its count, so nothing disappears silently. Severity: ``"error"`` when tokens are dropped (unknown, or
-    multi-segment with ``multi="drop"``), ``"warning"`` when kept but degraded, ``"info"`` for the scheme's
-    intended behaviour (TIMIT ``q`` deletion, even split). ``out.attrs["provenance"]`` records the scheme, options and map file.
+    :data:`phonefair.corpus.schema.PROBLEM_COLUMNS`, so nothing disappears silently. Severity: ``"error"`` when
+    tokens are dropped (unknown, or multi-segment with ``multi="drop"``), ``"warning"`` when kept but degraded,
+    ``"info"`` for the scheme's intended behaviour (TIMIT ``q`` deletion, even split). Errors and warnings get one
+    row per label and file (``file_column``; else recording) with the first ``line_column`` line of that file in
+    ``line`` and up to 10 lines and the counts in the message; ``info`` one row per label. When many labels are
+    unknown and another scheme knows them, a first problem (field ``phone_scheme``) suggests it
+    (:func:`suggest_scheme`). ``out.attrs["provenance"]`` records the scheme, options and map file.
     """
     _check_scheme(scheme)
     check_unknown_policy(unknown)
@@ -185,6 +221,10 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
     df = phones.reset_index(drop=True)
     raw = df["phone_raw"].astype("object")
     mapped = [_safe_map(x, scheme) for x in raw]
+    lines = (df[line_column].astype("Int64") if line_column is not None and line_column in df.columns
+             else pd.Series(pd.NA, index=df.index, dtype="Int64"))
+    unknown_idx = [i for i, m in enumerate(mapped) if m is None]
+    suggestion = suggest_scheme(raw.tolist(), scheme) if unknown_idx else None
 
     def where(i: int) -> tuple[str | None, str]:
         rec = str(df["recording_id"].iloc[i]) if "recording_id" in df.columns else None
@@ -201,8 +241,9 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
         if m is None:
             if unknown == "error":
                 f, ctx = where(i)
-                raise UnknownPhoneError(f"unknown {scheme} phone label {label!r} ({ctx or f'row {i}'}); "
-                                        f"not in {fname}")
+                at = "" if pd.isna(lines.iloc[i]) else f" line {int(lines.iloc[i])}"
+                raise UnknownPhoneError(f"unknown {scheme} phone label {label!r} ({ctx or f'row {i}'}{at}); "
+                                        f"not in {fname}{_scheme_hint(suggestion, scheme)}")
             unknown_rows.setdefault(label, []).append(i)
         elif len(m[0]) == 0:
             deleted_rows.setdefault(label, []).append(i)
@@ -213,13 +254,41 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
 
     # severities follow corpus.schema: "error" = item excluded, "warning" = kept but look at it; "info" marks
     # documented, intended behaviour of the scheme (TIMIT q deletion, even split of multi-segment labels).
+    file_key = (df[file_column].astype("object") if file_column is not None
+                else df["recording_id"].astype("object") if "recording_id" in df.columns
+                else pd.Series(None, index=df.index, dtype=object))
+
     def report(rows: dict[str, list[int]], what: str, action: str, severity: str) -> None:
+        # errors and warnings: one row per label and file, so every file (and its first line) is named; "info"
+        # (the scheme's intended behaviour, e.g. TIMIT q deletion in thousands of files): one row per label
         for label, idx in rows.items():
-            f, ctx = where(idx[0])
-            problems.append({"severity": severity, "file": f, "line": None, "field": "phone_raw",
-                             "message": f"{what} {scheme} phone label {label!r}: {len(idx)} token(s), "
-                                        f"first in {ctx or f'row {idx[0]}'}",
-                             "action": action})
+            by_file: dict[Any, list[int]] = {}
+            for i in idx:
+                by_file.setdefault(file_key.iloc[i] if severity != "info" else None, []).append(i)
+            n_files = len({file_key.iloc[i] for i in idx})
+            overall = f"; {len(idx)} token(s) in {n_files} file(s) in all" if n_files > 1 else ""
+            for first, *rest in by_file.values():
+                f, ctx = where(first)
+                ln = [int(lines.iloc[i]) for i in (first, *rest) if not pd.isna(lines.iloc[i])]
+                at = ("" if not ln else f", line{'s' if len(ln) > 1 else ''} "
+                      + ", ".join(map(str, ln[:10])) + (", ..." if len(ln) > 10 else ""))
+                if severity == "info":  # aggregated over files: name the first one
+                    at = "" if not ln else f", line {ln[0]}"
+                    text = f"{len(idx)} token(s), first in {ctx or f'row {first}'}{at}"
+                    text += f" ({n_files} file(s))" if n_files > 1 else ""
+                else:
+                    text = f"{1 + len(rest)} token(s) in {ctx or f'row {first}'}{at}{overall}"
+                problems.append({"severity": severity, "file": f, "line": ln[0] if ln else None,
+                                 "field": "phone_raw", "message": f"{what} {scheme} phone label {label!r}: {text}",
+                                 "action": action})
+
+    if suggestion is not None:
+        n_unknown = len(unknown_idx)
+        problems.append({"severity": "error" if unknown == "drop" else "warning", "file": None, "line": None,
+                         "field": "phone_scheme",
+                         "message": f"{n_unknown} of {len(df)} phone token(s) are not in the {scheme!r} map"
+                                    f"{_scheme_hint(suggestion, scheme)}",
+                         "action": "dropped phones" if unknown == "drop" else "kept with phone=<NA>"})
 
     if unknown == "drop":
         report(unknown_rows, "unknown", "dropped phone", "error")

@@ -64,8 +64,11 @@ RECORDING_COLUMNS: dict[str, str] = {
     "sampling_rate": "Int64",  # native rate of the file (audio is resampled to 16 kHz on read)
     "num_channels": "Int64",
     "duration": "float64",  # seconds
-    "channel": "Int64",  # which channel to use for multi-channel files (<NA>: mono or mix-down)
-    # size / content hash of the audio file when the corpus was loaded by a run (phonefair.pipeline.inputs): extraction
+    "channel": "Int64",  # which channel to use for multi-channel files (<NA>: mono, or mixed down when ``mix``)
+    # average all channels of a multi-channel file: set by the loader that admitted the file with mix=True, so
+    # every stage that reads audio (extraction, validation, fine-tuning) mixes exactly when the loader was told to
+    "mix": "boolean",
+    # size / content hash of the audio file when a run loaded the corpus (phonefair.pipeline.inputs): extraction
     # stores are keyed by it, so replaced audio is re-extracted
     "audio_fingerprint": "string",
 }
@@ -194,6 +197,9 @@ class Corpus:
         h.update(pd.util.hash_pandas_object(self.phones[cols], index=False).values.tobytes())
         rec = self.recordings[["recording_id", "audio_path", "channel", "audio_fingerprint"]]
         h.update(pd.util.hash_pandas_object(rec, index=False).values.tobytes())
+        mix = self.recordings["mix"].fillna(False).astype(bool)
+        if mix.any():  # hashed only when used, so the fingerprints of mono corpora stay what they were
+            h.update(pd.util.hash_pandas_object(mix, index=False).values.tobytes())
         return h.hexdigest()[:16]
 
     def audio_path(self, recording_id: str) -> Path:
@@ -224,7 +230,7 @@ class Corpus:
 
         for name in ("phones", "speakers", "recordings", "problems"):
             write_table(getattr(self, name), d / name, csv=False)  # unique temporary names: concurrent runs
-        write_json(man, self.manifest())
+        write_json(man, self.manifest())  # strict JSON: NaN / inf become null
         return d
 
     @classmethod

@@ -40,11 +40,15 @@ _TOKEN = re.compile(
     r'|=[ \t]*(?P<bad>(?![-+.\d"<])\S+)'  # long format: a value that is neither number nor string
     r"|(?P<flag><exists>|<absent>)"
     r"|(?P<index>\[\s*\d+\s*\])"
-    r"|(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])"
+    # a whole numeric-looking run, checked against _NUMBER afterwards: matching only a valid prefix or suffix would
+    # read "0.0.7" as 0.7 and "0.5.3" as 5.3, and split "0,5" into two numbers
+    r"|(?P<num>[-+]?\.?\d[^\s\"!\[\]]*)"
     r"|(?P<comment>!.*)"
     r"|(?P<word>[A-Za-z_][\w?]*)"
     r"|(?P<other>\S)"
 )
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\Z")
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,11 @@ def _tokens(text: str) -> list[tuple[str, Any, int]]:
         if kind == "str":
             out.append(("str", m.group("str").replace('""', '"'), line))
         elif kind == "num":
-            out.append(("num", float(m.group("num")), line))  # float("-0") == -0.0: parses, compares equal to 0
+            text_ = m.group("num")
+            if _NUMBER.match(text_):
+                out.append(("num", float(text_), line))  # float("-0") == -0.0: parses, compares equal to 0
+            else:
+                out.append(("badnum", text_, line))
         elif kind == "flag":
             out.append(("flag", m.group("flag"), line))
         elif kind == "bad":
@@ -116,6 +124,8 @@ class _Stream:
             last = self.toks[-1][2] if self.toks else 1
             raise CorpusError(f"{self.path} line {last}: file ends early, expected {what}")
         k, v, line = self.toks[self.i]
+        if k == "badnum":
+            raise CorpusError(f"{self.path} line {line}: {v!r} is not a number (reading {what}){_comma_hint(v)}")
         if k != kind:  # a "bad" token never matches, so the error names its line
             raise CorpusError(f"{self.path} line {line}: expected {what} ({'number' if kind == 'num' else kind}), "
                               f"got {v!r}")
@@ -127,6 +137,15 @@ class _Stream:
             self.i += 1
             return str(self.toks[self.i - 1][1])
         return None
+
+
+def _comma_hint(v: str) -> str:
+    """Comma decimals are refused, not guessed: a file written under a comma-decimal locale may have other
+    damage too, and Praat itself cannot read it. The message says how to fix it."""
+    if "," in v and _NUMBER.match(v.replace(",", ".")):
+        return ("; it uses a comma as the decimal separator, but TextGrid numbers need a decimal point ('0.5', "
+                "not '0,5'): re-save the file from Praat, or replace the commas in its numbers with points")
+    return ""
 
 
 def _parse_text(path: str, text: str) -> tuple[float, float, list[Tier]]:
@@ -169,6 +188,12 @@ def _parse_text(path: str, text: str) -> tuple[float, float, list[Tier]]:
         else:
             raise CorpusError(f"{path} line {line}: unknown tier class {cls!r} (expected IntervalTier or TextTier)")
         tiers.append(Tier(name, kind, txmin + 0.0, txmax + 0.0, tuple(entries), tuple(lines)))
+    if s.i < len(s.toks):  # entries beyond the declared sizes would be dropped without a word: refuse the file
+        _k, v, line = s.toks[s.i]
+        last = (f"tier {tiers[-1].name!r} declares {len(tiers[-1].entries)} "
+                f"{'interval' if tiers[-1].kind == 'interval' else 'point'}(s)" if tiers else "the file declares")
+        raise CorpusError(f"{path} line {line}: {last} (and the file {int(ntiers)} tier(s)), but more data follows "
+                          f"({v!r}); the 'size' lines do not match the entries: fix them, or export the file again")
     return xmin + 0.0, xmax + 0.0, tiers
 
 

@@ -61,19 +61,26 @@ def _read_table(path: Path) -> pd.DataFrame:
     """A CSV/TSV as strings, blanks as <NA>, with a ``_line`` column (1-based line in the file; header = 1)."""
     if not path.is_file():
         raise CorpusError(f"{path}: metadata table does not exist")
+    # the encodings spreadsheet programs write: UTF-8 (with or without BOM) and UTF-16 with BOM ("Unicode text")
+    with open(path, "rb") as f:
+        bom = f.read(4)
+    encoding = "utf-16" if bom.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab", ".txt"):
         sep = "\t"
     elif suffix == ".csv":
         sep = ","
     else:
-        head = path.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+        head = path.read_text(encoding=encoding, errors="replace").splitlines()[:1]
         sep = "\t" if head and "\t" in head[0] else ","
     try:
         # QUOTE_NONE for TSV: Common Voice sentences contain unbalanced quotes
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8",
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding,
                          quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL, skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: cannot decode metadata table ({exc}); save it as UTF-8, UTF-8 with BOM or "
+                          f"UTF-16 with BOM") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CorpusError(f"{path}: cannot parse metadata table: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
     for c in df.columns:
@@ -366,7 +373,8 @@ def load_textgrid_corpus(root: str | os.PathLike[str], *, speakers: str | os.Pat
         rec_rows.append({"recording_id": rel, "speaker": rec_spk,
                          "audio_path": audio.relative_to(root_p).as_posix(),
                          "sampling_rate": info.sampling_rate, "num_channels": info.num_channels,
-                         "duration": info.duration, "channel": channel})
+                         "duration": info.duration, "channel": channel,
+                         "mix": bool(mix and channel is None and info.num_channels > 1)})
     for rel, align in sorted(by_rel.items()):
         if align not in used_alignments and alignments is None:
             problems.append(_problem("warning", align, None, "audio", "alignment without a same-stem audio file",
@@ -397,7 +405,7 @@ def load_textgrid_corpus(root: str | os.PathLike[str], *, speakers: str | os.Pat
         if col not in spk_df.columns:
             spk_df[col] = pd.Series([float("nan") if dtype == "float64" else pd.NA] * len(spk_df), dtype=dtype)
     recordings = pd.DataFrame(rec_rows, columns=["recording_id", "speaker", "audio_path", "sampling_rate",
-                                                 "num_channels", "duration", "channel"])
+                                                 "num_channels", "duration", "channel", "mix"])
     options = {"speakers": None if speakers is None else str(Path(speakers).resolve()),
                "speaker_from": speaker_from, "speaker_sep": speaker_sep, "phone_scheme": phone_scheme,
                "unknown": unknown, "multi": multi, "mix": mix, "channel": channel,

@@ -1,30 +1,39 @@
-"""Corpus validation: one report of everything that could bias or break a fairness analysis.
+"""Corpus validation: one report of everything that could bias or break a fairness analysis, before any
+expensive step.
 
-Checks: audio missing / unreadable, alignments past the end of the audio (10 ms tolerance), negative /
-zero-length / overlapping phone intervals, unmapped phones (``phone`` <NA>), speakers with phones but no
-metadata row, speakers without phones, and groups with fewer than ``min_speakers_per_group`` speakers. The
-summary records the ARPABET-39 coverage (overall and per group) so a missing phone class is visible before any
-probe is trained.
+Checks. Audio: missing / unreadable files, header duration vs the recordings table, audio shorter than one
+encoder frame, the samples themselves (NaN / inf, digital silence, clipping, near-silence; ``decode_audio``), a
+sampling-rate header that does not fit the alignment. Alignment: phones past the end of their audio (the
+extraction rule, :data:`~phonefair.extraction.frames.PAST_END_RULE`), negative / zero-length / overlapping
+intervals, unmapped phones (``phone`` <NA>). Speakers: phones without a metadata row, speakers without phones,
+groups with fewer than ``min_speakers_per_group`` speakers. The summary records the ARPABET-39 coverage (overall
+and per group) so a missing phone class is visible before any probe is trained.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from phonefair.corpus.audio import AudioError, audio_info, audio_problems, read_audio
+from phonefair.corpus.audio import AudioError, audio_content_problems, audio_info
 from phonefair.corpus.phonesets import ARPABET39
 from phonefair.corpus.schema import Corpus, CorpusError, problems_frame
+from phonefair.encoders.frames import RECEPTIVE_FIELD, SAMPLE_RATE
+from phonefair.extraction.frames import END_TOLERANCE, PAST_END_RULE, audio_end_masks
 
 __all__ = ["ValidationReport", "validate_corpus"]
 
-#: alignment may run past the audio by this much (MFA snaps the last boundary to the file end; rounding)
-END_TOLERANCE = 0.010
+#: audio shorter than one wav2vec-style encoder frame (25 ms) has no frame to pool: its phones cannot be embedded
+MIN_DURATION = RECEPTIVE_FIELD / SAMPLE_RATE
+#: sampling rates tried when a header does not fit the alignment
+COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _EPS = 1e-6
-_MAX_PER_CHECK = 50  # problem rows per check and recording-level issue; the rest are summarised in one row
+_MAX_PER_CHECK = 50  # problem rows per phone-level check; the rest are summarised in one row
+TEXT_ROWS_PER_KIND = 25  # to_text() lines per (severity, field); the problems table keeps every row
 
 
 @dataclass
@@ -54,7 +63,12 @@ class ValidationReport:
             lines.append("no problems")
         else:
             lines.append(f"problems ({len(self.problems)}):")
+            shown: dict[tuple[Any, Any], int] = {}
             for r in self.problems.itertuples(index=False):
+                kind = (r.severity, r.field)
+                shown[kind] = shown.get(kind, 0) + 1
+                if shown[kind] > TEXT_ROWS_PER_KIND:  # the table keeps every row; the text stays readable
+                    continue
                 loc = "" if pd.isna(r.file) else str(r.file)
                 if not pd.isna(r.line):
                     loc += f":{int(r.line)}"
@@ -62,6 +76,10 @@ class ValidationReport:
                 act = "" if pd.isna(r.action) else f" -> {r.action}"
                 lines.append(f"  {str(r.severity).upper() if not pd.isna(r.severity) else '?'} "
                              f"{loc or '(corpus)'}{fld}: {r.message}{act}")
+            for (sev, fld_), n in shown.items():
+                if n > TEXT_ROWS_PER_KIND:
+                    lines.append(f"  ... and {n - TEXT_ROWS_PER_KIND} more {sev} [{fld_}] problem(s) (every row is "
+                                 f"in the problems table)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -89,14 +107,121 @@ def _coverage(phones: pd.Series) -> dict[str, Any]:
             "counts": {p: int(counts.get(p, 0)) for p in ARPABET39}}
 
 
-def validate_corpus(corpus: Corpus, *, check_audio: bool = True, decode_audio: bool = False,
-                    min_speakers_per_group: int = 5, group_by: str | None = None) -> ValidationReport:
-    """Check a corpus and summarise it.
+def _audio_path(corpus: Corpus, audio_path: Any) -> Path:
+    p = Path(str(audio_path))
+    return p if p.is_absolute() else Path(corpus.source) / p
 
-    ``check_audio`` reads every recording's header (missing / unreadable audio, real duration);
-    ``decode_audio`` also decodes it and reports clipping and silence (slow on big corpora). ``group_by`` is a
-    speaker-table column: speakers per group, coverage per group and groups smaller than
-    ``min_speakers_per_group`` are reported. The returned problems start with ``corpus.problems``.
+
+def _audio_checks(corpus: Corpus, duration: dict[Any, Any], samples: dict[str, tuple[int, int]], *,
+                  decode_audio: bool, progress: bool) -> list[dict[str, Any]]:
+    """Per recording: header readable, duration vs the recordings table, at least one encoder frame long, and
+    (``decode_audio``) the samples: NaN/inf, digital silence, clipping, near-silence. Updates ``duration`` with
+    the file's and ``samples`` with (sample count, header rate)."""
+    rec = corpus.recordings
+    rows: list[dict[str, Any]] = []
+    items = zip(rec["recording_id"], rec["audio_path"], rec["channel"], strict=True)
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(rec), desc="validate audio" + ("" if decode_audio else " headers"),
+                     unit="rec")
+    for rid, audio_path, channel in items:
+        path = _audio_path(corpus, audio_path)
+        try:
+            info = audio_info(path)
+        except AudioError as exc:
+            rows.append(_p("error", path, None, "audio", str(exc), "recording unusable"))
+            continue
+        old = duration.get(rid)
+        if old is not None and not pd.isna(old) and abs(old - info.duration) > END_TOLERANCE:
+            rows.append(_p("warning", path, None, "duration", f"recordings table says {old:.3f} s, file "
+                           f"has {info.duration:.3f} s", "using the file's duration"))
+        duration[rid] = info.duration
+        samples[str(rid)] = (info.num_frames, info.sampling_rate)
+        if info.duration < MIN_DURATION:
+            rows.append(_p("error", path, None, "duration", f"recording {rid!r}: audio is {1000 * info.duration:.1f} "
+                           f"ms long, shorter than one encoder frame ({1000 * MIN_DURATION:.0f} ms)",
+                           "recording excluded (its phones are stored as NaN)"))
+            continue
+        if decode_audio:
+            ch = None if pd.isna(channel) else int(channel)
+            rows += audio_content_problems(path, channel=ch, mix=ch is None)
+    return rows
+
+
+def _end_checks(corpus: Corpus, duration: dict[Any, Any], samples: dict[str, tuple[int, int]],
+                align_file: pd.Series, line_col: pd.Series) -> list[dict[str, Any]]:
+    """Phones against the end of their audio, with extraction's own rule (:data:`PAST_END_RULE`): past the end
+    is an error (NaN rows), truncated a warning; plus a hint when another sampling rate would fit the alignment."""
+    ph = corpus.phones
+    rows: list[dict[str, Any]] = []
+    start = ph["start"].to_numpy(dtype=np.float64, na_value=np.nan)
+    end = ph["end"].to_numpy(dtype=np.float64, na_value=np.nan)
+    raw = ph["phone_raw"].astype("object").to_numpy()
+    path_of = dict(zip(corpus.recordings["recording_id"], corpus.recordings["audio_path"], strict=True))
+    for rid, idx in ph.groupby("recording_id", sort=True).indices.items():
+        d = duration.get(rid)
+        if d is None or pd.isna(d):
+            continue
+        past, truncated = audio_end_masks(start[idx], end[idx], float(d))
+        for mask, severity, text, action in (
+                (past, "error", "lie past the end of the audio ({d:.3f} s: midpoint at or after the end)",
+                 "stored as NaN by extraction (excluded)"),
+                (truncated, "warning", "end past the audio ({d:.3f} s) with their midpoint inside",
+                 "pooled over the frames inside the audio")):
+            if not mask.any():
+                continue
+            i = int(idx[np.flatnonzero(mask)[0]])
+            rows.append(_p(severity, align_file.iloc[i], line_col.iloc[i], "end",
+                           f"recording {rid!r}: {int(mask.sum())} phone(s) {text.format(d=float(d))}, first "
+                           f"{raw[i]!r} [{start[i]:.3f}, {end[i]:.3f}] s", action))
+        if str(rid) in samples and rid in path_of:
+            hint = _rate_hint(samples[str(rid)], float(np.nanmax(end[idx])) if len(idx) else 0.0)
+            if hint:
+                rows.append(_p("warning", _audio_path(corpus, path_of[rid]), None, "sampling_rate",
+                               f"recording {rid!r}: {hint}", "check the file's header"))
+    return rows
+
+
+def _rate_hint(n_and_rate: tuple[int, int], align_end: float) -> str | None:
+    """A sampling-rate header that does not fit the alignment: the alignment runs more than 25 % past the audio
+    and a lower common rate would make the audio long enough (16 kHz preferred), or it ends before half the audio
+    and a higher common rate would make the audio end within 10 % of where the alignment does. A short overrun
+    (a truncated file, MFA rounding) gives no hint."""
+    n, sr = n_and_rate
+    d = n / sr
+    if not np.isfinite(align_end) or n <= 0 or align_end <= 0:
+        return None
+    if align_end > 1.25 * d:  # audio looks too short: the header claims a higher rate than the data has
+        fits = [r for r in COMMON_RATES if r < sr and align_end <= n / r + END_TOLERANCE]
+        if not fits:
+            return None
+        r = 16000 if 16000 in fits else max(fits)
+        return (f"the header says {sr} Hz, so the audio lasts {d:.3f} s, but its alignment runs to {align_end:.3f} s;"
+                f" at {r} Hz the audio would last {n / r:.3f} s. Is the sampling-rate header wrong?")
+    if align_end < d / 2:  # audio looks too long: the header may claim a lower rate than the data has
+        fits = [r for r in COMMON_RATES if r > sr and abs(n / r - align_end) <= 0.1 * (n / r) + END_TOLERANCE]
+        if fits:
+            r = min(fits, key=lambda r: abs(n / r - align_end))
+            return (f"the alignment ends at {align_end:.3f} s but the audio lasts {d:.3f} s at the header's {sr} Hz;"
+                    f" at {r} Hz it would last {n / r:.3f} s, matching the alignment. Is the sampling-rate header "
+                    f"wrong?")
+    return None
+
+
+def validate_corpus(corpus: Corpus, *, check_audio: bool = True, decode_audio: bool = True,
+                    min_speakers_per_group: int = 5, group_by: str | None = None,
+                    progress: bool = False) -> ValidationReport:
+    """Check a corpus and summarise it: the early gate for everything that would fail or bias a run later.
+
+    ``check_audio`` reads every recording's header (missing / unreadable audio, real duration, shorter than one
+    encoder frame, a sampling-rate header that does not fit the alignment); ``decode_audio`` also reads the
+    samples (NaN / inf, digital silence, clipping, near-silence; in blocks, so hour-long files are fine) - turn it
+    off on huge corpora when a header check is enough. Phones past the end of their audio follow extraction's rule
+    (:data:`~phonefair.extraction.frames.PAST_END_RULE`), so what is reported as excluded here is exactly what
+    extraction stores as NaN. ``group_by`` is a speaker-table column: speakers per group, coverage per group and
+    groups smaller than ``min_speakers_per_group`` are reported. ``progress``: a progress bar over the recordings.
+    The returned problems start with ``corpus.problems``.
     """
     if group_by is not None and group_by not in corpus.speakers.columns:
         raise CorpusError(f"group_by={group_by!r} is not a speaker-table column; columns are "
@@ -108,46 +233,16 @@ def validate_corpus(corpus: Corpus, *, check_audio: bool = True, decode_audio: b
     align_file = ph["align_file"] if "align_file" in ph.columns else pd.Series(pd.NA, index=ph.index)
     line_col = ph["line"] if "line" in ph.columns else pd.Series(pd.NA, index=ph.index)
 
-    # audio: existence / readability, true duration
+    # audio: existence / readability, true duration, content; then alignment end vs audio end
     duration = dict(zip(rec["recording_id"], rec["duration"], strict=True))
+    samples: dict[str, tuple[int, int]] = {}  # recording -> (samples, header rate): for the rate plausibility hint
     if check_audio:
-        rows: list[dict[str, Any]] = []
-        for rid in rec["recording_id"]:
-            path = corpus.audio_path(rid)
-            try:
-                info = audio_info(path)
-            except AudioError as exc:
-                rows.append(_p("error", path, None, "audio", str(exc), "recording unusable"))
-                continue
-            old = duration.get(rid)
-            if old is not None and not pd.isna(old) and abs(old - info.duration) > END_TOLERANCE:
-                rows.append(_p("warning", path, None, "duration", f"recordings table says {old:.3f} s, file "
-                               f"has {info.duration:.3f} s", "using the file's duration"))
-            duration[rid] = info.duration
-            if decode_audio:
-                try:
-                    x = read_audio(path, mix=True)
-                except AudioError as exc:
-                    rows.append(_p("error", path, None, "audio", str(exc), "recording unusable"))
-                    continue
-                rows += audio_problems(path, x)
-        new += _capped(rows, "audio problems")
+        new += _audio_checks(corpus, duration, samples, decode_audio=decode_audio, progress=progress)
     unknown_rec = sorted(set(ph["recording_id"].dropna()) - set(rec["recording_id"]))
     for rid in unknown_rec[:_MAX_PER_CHECK]:
         new.append(_p("error", None, None, "recording_id", f"phones reference recording {rid!r} that is not "
                       "in the recordings table", "phones unusable"))
-
-    # alignment past the end of the audio
-    rows = []
-    ends = ph.groupby("recording_id", sort=True)["end"].max()
-    for rid, end in ends.items():
-        d = duration.get(rid)
-        if d is not None and not pd.isna(d) and end > d + END_TOLERANCE:
-            i = ph.index[(ph["recording_id"] == rid)][ph.loc[ph["recording_id"] == rid, "end"].argmax()]
-            rows.append(_p("error", align_file.loc[i], line_col.loc[i], "end",
-                           f"recording {rid!r}: alignment ends at {end:.3f} s, audio is {d:.3f} s long",
-                           "phones past the end are unusable"))
-    new += _capped(rows, "recordings aligned past the end of the audio")
+    new += _end_checks(corpus, duration, samples, align_file, line_col)
 
     # interval sanity (phones are sorted by recording, start)
     start, end = ph["start"].to_numpy(), ph["end"].to_numpy()
@@ -227,5 +322,5 @@ def validate_corpus(corpus: Corpus, *, check_audio: bool = True, decode_audio: b
     problems.attrs["provenance"] = {"validated": corpus.name, "fingerprint": corpus.fingerprint(),
                                     "check_audio": check_audio, "decode_audio": decode_audio,
                                     "group_by": group_by, "min_speakers_per_group": min_speakers_per_group,
-                                    "end_tolerance_s": END_TOLERANCE}
+                                    "end_tolerance_s": END_TOLERANCE, "past_end_rule": PAST_END_RULE}
     return ValidationReport(problems=problems, summary=summary, ok=summary["errors"] == 0)

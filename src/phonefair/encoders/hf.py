@@ -17,6 +17,7 @@ without loading the weights.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -131,6 +132,14 @@ class _HFBase:
         return num_frames(n_samples)
 
     # --- public ------------------------------------------------------------------------------------------
+    def unloaded(self) -> _HFBase:
+        """A copy that holds no loaded torch module (it loads again lazily on first use): what is shipped to
+        worker processes, which load the weights themselves on their own device."""
+        enc = copy.copy(self)
+        enc._model = None
+        enc._cnn_out = None
+        return enc
+
     @property
     def model(self) -> Any:
         """The underlying torch module (loaded on first access)."""

@@ -24,6 +24,29 @@ POOLINGS: tuple[str, ...] = ("mean", "center", "middle_third")
 FRAME_RULE = ("frames whose centre (offset + hop*i) lies in [start, end); if none, the single frame whose centre is "
               "nearest the phone midpoint; indices clipped to [0, T)")
 
+#: alignment may run past the audio by this much without counting as truncated (MFA snaps the last boundary to
+#: the file end; rounding of times written with few digits)
+END_TOLERANCE = 0.010
+
+PAST_END_RULE = ("a phone whose midpoint (start + end) / 2 is at or after the end of the audio lies past the end: "
+                 "NaN row + problem; a phone that only ends past the audio (by more than 10 ms) is pooled over "
+                 "the frames inside the audio (counted as truncated)")
+
+
+def audio_end_masks(start: np.ndarray, end: np.ndarray, duration: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(past, truncated)`` masks of phones against an audio of ``duration`` seconds (:data:`PAST_END_RULE`).
+
+    Why the midpoint: a phone mostly outside the audio has no frames of its own, and clamping it to the last
+    frame would give every such phone the same vector under different labels. Validation and extraction both use
+    this function, so what ``validate`` reports as excluded is exactly what extraction stores as NaN.
+    """
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        past = (start + end) / 2 >= duration
+        truncated = ~past & (end > duration + END_TOLERANCE)
+    return past, truncated
+
 
 def _ceil_index(t: np.ndarray, grid: FrameGrid) -> np.ndarray:
     # first frame index whose centre is >= t. The small epsilon keeps times that sit exactly on a frame centre

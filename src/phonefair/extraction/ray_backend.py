@@ -20,16 +20,16 @@ import os
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phonefair.corpus.schema import Corpus, problems_frame
+from phonefair.corpus.schema import Corpus
 from phonefair.encoders.base import Encoder
-from phonefair.extraction.extract import (_empty_stats, _merge, _utterances, embed_batch, prepare, read_batch,
-                                          rec_lookup, store_provenance)
+from phonefair.extraction.loop import (BatchJob, BatchPlan, ExtractionSetup, audio_sources, empty_stats,
+                                       finish_store, merge_stats, new_timings, phone_times, prepare)
 from phonefair.store.disk import EmbeddingStore, StoreWriter, open_store
 
 #: test hook: a file path; the first actor call that finds it missing creates it and kills its own process
@@ -76,18 +76,16 @@ class _Window:
         return self.values[s.start - self.base:s.stop - self.base]
 
 
-def _read_task(batch: dict[str, np.ndarray], *, encoder: Encoder, dims: dict[str, int], mix: bool,
-               on_audio_error: str) -> dict[str, np.ndarray]:
-    """CPU stage: read + resample the audio of each local batch (NaN rows/problems for unreadable files)."""
+def _read_task(batch: dict[str, np.ndarray], *, job: BatchJob) -> dict[str, np.ndarray]:
+    """CPU stage: read + resample the audio of each local batch (NaN rows/problems for unusable files)."""
     import pandas as pd
 
     out = []
     for blob in batch["payload"]:
         task = pickle.loads(blob)
-        sink, stats = _Collector(), _empty_stats()
+        sink, stats = _Collector(), empty_stats()
         t0 = time.perf_counter()
-        waves, ok = read_batch(pd.DataFrame(task["utts"]), task["rec_info"], encoder, sink, dims, mix,
-                               on_audio_error, stats)
+        waves, ok = job.read(pd.DataFrame(task["utts"]), task["sources"], sink, stats)
         task.update(waves=waves, ok=[_Utt(str(u.recording_id), int(u.row_lo), int(u.row_hi)) for u in ok],
                     rows=sink.rows, stats=stats, t_read=time.perf_counter() - t0)
         out.append(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
@@ -97,12 +95,11 @@ def _read_task(batch: dict[str, np.ndarray], *, encoder: Encoder, dims: dict[str
 class _ExtractActor:
     """Holds the encoder; runs forward + pooling for whole local batches."""
 
-    def __init__(self, encoder: Encoder, sel: list[str], pooling: str, fp16: bool, threads: int,
-                 crash_marker: str | None) -> None:
+    def __init__(self, job: BatchJob, threads: int, crash_marker: str | None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))  # one actor per core slot: no oversubscription
-        self.encoder, self.sel, self.pooling, self.fp16 = encoder, sel, pooling, fp16
+        self.job = job
         self.crash_marker = crash_marker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -114,27 +111,20 @@ class _ExtractActor:
             task = pickle.loads(blob)
             sink, stats = _Collector(), task["stats"]
             sink.rows = task["rows"]
-            timings = {"audio_read": task["t_read"], "forward": 0.0, "pooling": 0.0, "writing": 0.0}
+            timings = {**new_timings(), "audio_read": task["t_read"]}
             base = task["base"]
-            embed_batch(self.encoder, task["waves"], task["ok"], sink, self.sel, self.pooling,
-                        _Window(task["starts"], base), _Window(task["ends"], base),  # type: ignore[arg-type]
-                        task["rec_info"], stats, timings, self.fp16)
+            self.job.embed(task["waves"], task["ok"], sink, _Window(task["starts"], base),
+                           _Window(task["ends"], base), task["sources"], stats, timings)
             out.append(pickle.dumps({"b": task["b"], "items": task["items"], "rows": sink.rows, "stats": stats,
                                      "timings": timings, "pid": os.getpid()}, protocol=pickle.HIGHEST_PROTOCOL))
         return {"b": batch["b"], "payload": np.array(out, dtype=object)}
 
 
-def _shippable(encoder: Encoder) -> Encoder:
-    """The encoder without its loaded torch module (actors load the weights themselves, on their own device)."""
-    if getattr(encoder, "_model", None) is None:
-        return encoder
-    import copy
-
-    enc = copy.copy(encoder)
-    enc._model = None  # type: ignore[attr-defined]
-    if hasattr(enc, "_cnn_out"):
-        enc._cnn_out = None  # type: ignore[attr-defined]
-    return enc
+def _shippable(job: BatchJob) -> BatchJob:
+    """The job with an encoder that holds no loaded torch module (actors load the weights themselves, on their own
+    device)."""
+    unloaded = getattr(job.encoder, "unloaded", None)
+    return replace(job, encoder=unloaded()) if callable(unloaded) else job
 
 
 def extract_ray(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, store_root: str | os.PathLike[str],
@@ -155,10 +145,9 @@ def extract_ray(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, st
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    encoder, sel, key, fields = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype,
-                                        batch_size=batch_size, device=device, mix=mix,
-                                        on_audio_error=on_audio_error, revision=revision)
-    done = open_store(store_root, key)
+    setup = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype, batch_size=batch_size,
+                    device=device, mix=mix, on_audio_error=on_audio_error, revision=revision)
+    done = open_store(store_root, setup.key)
     if done is not None:
         return done
     ray = _import_ray()
@@ -167,52 +156,42 @@ def extract_ray(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, st
         ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
         started = True
     try:
-        return _run(ray, corpus, encoder, sel, key, fields, store_root=store_root, pooling=pooling, dtype=dtype,
-                    batch_size=batch_size, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker,
-                    cpus_per_worker=cpus_per_worker, read_num_cpus=read_num_cpus, progress=progress, mix=mix,
-                    on_audio_error=on_audio_error, lock_timeout=lock_timeout, commit_every_s=commit_every_s,
-                    max_retries=max_retries)
+        return _run(ray, corpus, setup, store_root=store_root, batch_size=batch_size, num_workers=num_workers,
+                    num_gpus_per_worker=num_gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                    read_num_cpus=read_num_cpus, progress=progress, mix=mix, lock_timeout=lock_timeout,
+                    commit_every_s=commit_every_s, max_retries=max_retries)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray: Any, corpus: Corpus, encoder: Encoder, sel: list[str], key: str, fields: dict[str, Any], *,
-         store_root: str | os.PathLike[str], pooling: str, dtype: str, batch_size: int, num_workers: int,
-         num_gpus_per_worker: float, cpus_per_worker: float, read_num_cpus: float, progress: bool, mix: bool,
-         on_audio_error: str, lock_timeout: float | None, commit_every_s: float,
-         max_retries: int) -> EmbeddingStore:
+def _run(ray: Any, corpus: Corpus, setup: ExtractionSetup, *, store_root: str | os.PathLike[str], batch_size: int,
+         num_workers: int, num_gpus_per_worker: float, cpus_per_worker: float, read_num_cpus: float, progress: bool,
+         mix: bool, lock_timeout: float | None, commit_every_s: float, max_retries: int) -> EmbeddingStore:
     t_start = time.perf_counter()
-    utts = _utterances(corpus)
-    all_dims = encoder.layer_dims()
-    dims = {k: all_dims[k] for k in sel}
-    phones = corpus.phones
-    starts = phones["start"].to_numpy(dtype=np.float64, na_value=np.nan)
-    ends = phones["end"].to_numpy(dtype=np.float64, na_value=np.nan)
-    rec_info = rec_lookup(corpus)
-    n_batches = (len(utts) + batch_size - 1) // batch_size
-    timings = {"audio_read": 0.0, "forward": 0.0, "pooling": 0.0, "writing": 0.0}
+    job = setup.job()
+    plan = BatchPlan.of(corpus, batch_size)
+    starts, ends = phone_times(corpus)
+    sources = audio_sources(corpus, mix=mix)
+    timings = new_timings()
 
-    with StoreWriter(store_root, key, tokens=phones, dims=dims, dtype=dtype, lock_timeout=lock_timeout) as w:
+    with StoreWriter(store_root, setup.key, tokens=corpus.phones, dims=job.dims, dtype=setup.dtype,
+                     lock_timeout=lock_timeout) as w:
         if w.complete:
             return EmbeddingStore(w.dir)
-
-        def members(b: int) -> range:
-            return range(b * batch_size, min((b + 1) * batch_size, len(utts)))
-
-        todo = [b for b in range(n_batches) if not all(i in w.done for i in members(b))]
-        n_reused = len(utts) - sum(len(members(b)) for b in todo)
+        todo = plan.unfinished(w.done)
+        n_reused = plan.n_utterances - plan.n_utterances_in(todo)
         resumed = bool(w.done)
         pids: set[int] = set()
         if todo:
             items = []
             for b in todo:
-                batch = utts.iloc[b * batch_size:(b + 1) * batch_size]
+                batch = plan.batch(b)
                 lo, hi = int(batch["row_lo"].iloc[0]), int(batch["row_hi"].iloc[-1])
                 # everything a batch needs travels with it: no corpus-sized state is shipped to the workers
-                task = {"b": b, "items": list(members(b)), "utts": batch.to_dict("list"), "base": lo,
+                task = {"b": b, "items": list(plan.members(b)), "utts": batch.to_dict("list"), "base": lo,
                         "starts": starts[lo:hi], "ends": ends[lo:hi],
-                        "rec_info": {r: rec_info[r] for r in batch["recording_id"] if r in rec_info}}
+                        "sources": {r: sources[r] for r in batch["recording_id"] if r in sources}}
                 items.append({"b": b, "payload": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)})
             ctx = ray.data.DataContext.get_current()
             saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
@@ -220,17 +199,14 @@ def _run(ray: Any, corpus: Corpus, encoder: Encoder, sel: list[str], key: str, f
             ctx.execution_options.preserve_order = True
             ctx.enable_progress_bars = progress
             try:
-                shipped = _shippable(encoder)
+                shipped = _shippable(job)
                 ds = ray.data.from_items(items, override_num_blocks=len(items))
                 ds = ds.map_batches(_read_task, batch_size=1, num_cpus=read_num_cpus, max_retries=max_retries,
-                                    fn_kwargs={"encoder": shipped, "dims": dims, "mix": mix,
-                                               "on_audio_error": on_audio_error})
+                                    fn_kwargs={"job": shipped})
                 ds = ds.map_batches(_ExtractActor, batch_size=1, concurrency=num_workers,
                                     num_gpus=num_gpus_per_worker, num_cpus=cpus_per_worker,
                                     max_restarts=max_retries, max_task_retries=max_retries,
-                                    fn_constructor_kwargs={"encoder": shipped, "sel": sel, "pooling": pooling,
-                                                           "fp16": dtype == "float16",
-                                                           "threads": int(max(1, cpus_per_worker)),
+                                    fn_constructor_kwargs={"job": shipped, "threads": int(max(1, cpus_per_worker)),
                                                            "crash_marker": os.environ.get(RAY_CRASH_ENV)})
                 pending: list[int] = []
                 pending_stats: list[dict[str, Any]] = []
@@ -251,21 +227,18 @@ def _run(ray: Any, corpus: Corpus, encoder: Encoder, sel: list[str], key: str, f
                     n_left -= 1
                     if time.monotonic() - last_commit >= commit_every_s or n_left == 0:
                         tc = time.perf_counter()
-                        w.commit(pending, _merge(pending_stats))
+                        w.commit(pending, merge_stats(pending_stats))
                         timings["writing"] += time.perf_counter() - tc
                         pending, pending_stats, last_commit = [], [], time.monotonic()
             finally:
                 ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-        missing = [i for i in range(len(utts)) if i not in w.done]
+        missing = [i for i in range(plan.n_utterances) if i not in w.done]
         if missing:  # never finalize a store with holes
             raise RuntimeError(f"{w.dir}: Ray returned no result for {len(missing)} utterance(s) "
                                f"(first: {missing[:5]}); rerun to resume")
-        stats = _merge(w.batch_stats)
-        problems = problems_frame(stats.pop("problems"))
-        prov = store_provenance(fields, encoder, sel, corpus, len(utts), batch_size, stats, len(problems),
-                                resumed=resumed, n_reused=n_reused, seconds=time.perf_counter() - t_start,
-                                timings=timings)
-        prov["backend"] = {"name": "ray", "ray_version": ray.__version__, "num_workers": num_workers,
-                           "num_gpus_per_worker": num_gpus_per_worker, "cpus_per_worker": cpus_per_worker,
-                           "max_retries": max_retries, "n_worker_processes": len(pids)}
-        return w.finalize(prov, problems)
+        backend = {"name": "ray", "ray_version": ray.__version__, "num_workers": num_workers,
+                   "num_gpus_per_worker": num_gpus_per_worker, "cpus_per_worker": cpus_per_worker,
+                   "max_retries": max_retries, "n_worker_processes": len(pids)}
+        return finish_store(w, setup, corpus, n_utterances=plan.n_utterances, batch_size=batch_size,
+                            resumed=resumed, n_reused=n_reused, seconds=time.perf_counter() - t_start,
+                            timings=timings, backend=backend)

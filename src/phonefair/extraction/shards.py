@@ -33,10 +33,9 @@ import pandas as pd
 
 from phonefair.corpus.schema import Corpus, problems_frame
 from phonefair.encoders.base import Encoder
-from phonefair.extraction.extract import (_empty_stats, _merge, _utterances, embed_batch, prepare, read_batch,
-                                          rec_lookup, store_provenance)
-from phonefair.store.disk import (COMPLETE, EmbeddingStore, StoreError, StoreWriter, _npy_data_offset,
-                                  open_store)
+from phonefair.extraction.loop import (BatchPlan, audio_sources, empty_stats, finish_store, merge_stats,
+                                       new_timings, phone_times, prepare, utterance_plan, write_batches)
+from phonefair.store.disk import COMPLETE, EmbeddingStore, StoreError, StoreWriter, npy_data_offset, open_store
 
 SHARDS_DIR = "shards"
 BALANCES = ("duration", "index")
@@ -63,7 +62,7 @@ def plan_shards(corpus: Corpus, num_shards: int, *, batch_size: int = 8, balance
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if balance not in BALANCES:
         raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
-    utts = _utterances(corpus)
+    utts = utterance_plan(corpus)
     n_utt = len(utts)
     n_batches = (n_utt + batch_size - 1) // batch_size
     dur = _utterance_seconds(corpus, utts)
@@ -116,7 +115,7 @@ class _OffsetSink:
 def _layer_sha256(path: Path) -> str:
     """SHA-256 of a ``.npy`` file's data bytes (header excluded, so it can be compared with a row range of the
     merged file)."""
-    offset, _shape, _dt = _npy_data_offset(path)
+    offset, _shape, _dt = npy_data_offset(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         f.seek(offset)
@@ -145,9 +144,9 @@ def extract_shard(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, 
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
     t_start = time.perf_counter()
-    encoder, sel, key, _fields = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype,
-                                         batch_size=batch_size, device=device, mix=mix,
-                                         on_audio_error=on_audio_error, revision=revision)
+    setup = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype, batch_size=batch_size,
+                    device=device, mix=mix, on_audio_error=on_audio_error, revision=revision)
+    key = setup.key
     shard_root = Path(store_root) / key / SHARDS_DIR
     sdir = shard_root / shard_name(shard, num_shards)
     if open_store(store_root, key) is not None:
@@ -165,61 +164,38 @@ def extract_shard(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, 
         plan_path.write_text(json.dumps(rec))
     if (sdir / COMPLETE).exists():
         return sdir
-    utts = _utterances(corpus)
-    all_dims = encoder.layer_dims()
-    dims = {k: all_dims[k] for k in sel}
     r_lo, r_hi = rec["row_lo"], rec["row_hi"]
     tokens = corpus.phones.iloc[r_lo:r_hi].reset_index(drop=True)
     if len(tokens) == 0:  # more shards than batches: an empty, trivially complete shard
-        sdir.joinpath("provenance.json").write_text(json.dumps({"plan": rec, "sha256": {}, "stats": _empty_stats(),
+        sdir.joinpath("provenance.json").write_text(json.dumps({"plan": rec, "sha256": {}, "stats": empty_stats(),
                                                                 "timings_s": {}, "n_utterances_reused": 0}))
         sdir.joinpath(COMPLETE).write_text(json.dumps({"key": sdir.name, "n_rows": 0}))
         return sdir
-    phones = corpus.phones
-    starts = phones["start"].to_numpy(dtype=np.float64, na_value=np.nan)
-    ends = phones["end"].to_numpy(dtype=np.float64, na_value=np.nan)
-    rec_info = rec_lookup(corpus)
-    timings = {"audio_read": 0.0, "forward": 0.0, "pooling": 0.0, "writing": 0.0}
-    with StoreWriter(shard_root, sdir.name, tokens=tokens, dims=dims, dtype=dtype, lock_timeout=lock_timeout) as w:
+    job = setup.job()
+    batches = BatchPlan.of(corpus, batch_size)
+    starts, ends = phone_times(corpus)
+    timings = new_timings()
+    with StoreWriter(shard_root, sdir.name, tokens=tokens, dims=job.dims, dtype=dtype,
+                     lock_timeout=lock_timeout) as w:
         if w.complete:
             return sdir
-        sink = _OffsetSink(w, r_lo)
-
-        def members(b: int) -> range:
-            return range(b * batch_size, min((b + 1) * batch_size, len(utts)))
-
-        todo = [b for b in range(rec["batch_lo"], rec["batch_hi"]) if not all(i in w.done for i in members(b))]
-        n_reused = (rec["utt_hi"] - rec["utt_lo"]) - sum(len(members(b)) for b in todo)
+        mine = range(rec["batch_lo"], rec["batch_hi"])
+        todo = batches.unfinished(w.done, mine)
+        n_reused = batches.n_utterances_in(mine) - batches.n_utterances_in(todo)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=rec["utt_hi"] - rec["utt_lo"], unit="utt", initial=n_reused,
-                       desc=f"extract {Path(encoder.model_id).name} {sdir.name}")
-        pending: list[int] = []
-        pending_stats = _empty_stats()
-        last_commit = time.monotonic()
-        for b in todo:
-            batch = utts.iloc[b * batch_size:(b + 1) * batch_size]
-            t0 = time.perf_counter()
-            waves, ok = read_batch(batch, rec_info, encoder, sink, dims, mix, on_audio_error, pending_stats)
-            timings["audio_read"] += time.perf_counter() - t0
-            embed_batch(encoder, waves, ok, sink, sel, pooling, starts, ends, rec_info, pending_stats, timings,
-                        dtype == "float16")
-            pending.extend(members(b))
-            if time.monotonic() - last_commit >= commit_every_s or b == todo[-1]:
-                tc = time.perf_counter()
-                w.commit(pending, pending_stats)
-                timings["writing"] += time.perf_counter() - tc
-                pending, pending_stats, last_commit = [], _empty_stats(), time.monotonic()
-            if bar is not None:
-                bar.update(len(batch))
+                       desc=f"extract {Path(setup.encoder.model_id).name} {sdir.name}")
+        write_batches(job, batches, todo, w, sources=audio_sources(corpus, mix=mix), starts=starts, ends=ends,
+                      commit_every_s=commit_every_s, timings=timings, sink=_OffsetSink(w, r_lo), bar=bar)
         if bar is not None:
             bar.close()
-        stats = _merge(w.batch_stats)
+        stats = merge_stats(w.batch_stats)
         problems = problems_frame(stats.pop("problems"))
         # checksums of what is on disk now (rows were fsynced by the commits), verified again by the merge
-        sha = {layer: _layer_sha256(w.dir / f"layer_{layer}.npy") for layer in dims}
+        sha = {layer: _layer_sha256(w.dir / f"layer_{layer}.npy") for layer in job.dims}
         prov = {"plan": rec, "sha256": sha, "stats": stats, "n_utterances_reused": n_reused,
                 "timings_s": {k: round(v, 4) for k, v in timings.items()},
                 "seconds": round(time.perf_counter() - t_start, 3), "host": os.uname().nodename,
@@ -233,9 +209,8 @@ def shard_status(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, s
                  dtype: str = "float16", batch_size: int = 8, balance: str = "duration", mix: bool = False,
                  on_audio_error: str = "raise", revision: str | None = None) -> pd.DataFrame:
     """The shard plan plus ``path`` and ``state`` (``"complete"`` | ``"partial"`` | ``"missing"``) per shard."""
-    encoder, _sel, key, _f = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype,
-                                     batch_size=batch_size, device="cpu", mix=mix, on_audio_error=on_audio_error,
-                                     revision=revision)
+    key = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype, batch_size=batch_size,
+                  device="cpu", mix=mix, on_audio_error=on_audio_error, revision=revision).key
     plan = plan_shards(corpus, num_shards, batch_size=batch_size, balance=balance)
     root = Path(store_root) / key / SHARDS_DIR
     paths = [root / shard_name(i, num_shards) for i in plan["shard"]]
@@ -259,9 +234,9 @@ def merge_shards(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, s
     Returns the complete store, whose arrays, tokens and key equal those of a single-process ``extract``.
     """
     t_start = time.perf_counter()
-    encoder, sel, key, fields = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype,
-                                        batch_size=batch_size, device="cpu", mix=mix, on_audio_error=on_audio_error,
-                                        revision=revision)
+    setup = prepare(corpus, encoder, layers=layers, pooling=pooling, dtype=dtype, batch_size=batch_size,
+                    device="cpu", mix=mix, on_audio_error=on_audio_error, revision=revision)
+    key = setup.key
     done = open_store(store_root, key)
     if done is not None:
         return done
@@ -282,14 +257,13 @@ def merge_shards(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, s
     if bad:
         raise StoreError(f"cannot merge store {key}: {len(bad)} of {num_shards} shard(s) not complete: "
                          + "; ".join(bad) + ". Run extract_shard(...) for them (finished shards are skipped)")
-    _check_coverage(recs, n_rows=len(corpus.phones), n_utts=len(_utterances(corpus)), key=key)
-    all_dims = encoder.layer_dims()
-    dims = {k: all_dims[k] for k in sel}
+    n_utts = len(utterance_plan(corpus))
+    _check_coverage(recs, n_rows=len(corpus.phones), n_utts=n_utts, key=key)
+    dims = setup.job().dims
     for rec, prov in zip(recs, provs, strict=True):
         if rec["row_hi"] > rec["row_lo"] and set(prov["sha256"]) != set(dims):
             raise StoreError(f"{shard_root / shard_name(rec['shard'], num_shards)}: layers {sorted(prov['sha256'])}"
                              f", expected {sorted(dims)}")
-    utts = _utterances(corpus)
     with StoreWriter(store_root, key, tokens=corpus.phones, dims=dims, dtype=dtype, lock_timeout=lock_timeout) as w:
         if w.complete:
             return EmbeddingStore(w.dir)
@@ -323,20 +297,16 @@ def merge_shards(corpus: Corpus, encoder: Encoder | str | os.PathLike[str], *, s
             stats["problems"] = [] if problems is None else _records(problems)
             w.commit(items, stats)
         _verify_merged(w.dir, recs, dims, provs)
-        stats = _merge(w.batch_stats)
-        problems_all = problems_frame(stats.pop("problems"))
         timings = {k: round(sum(float(p.get("timings_s", {}).get(k, 0.0)) for p in provs), 4)
-                   for k in ("audio_read", "forward", "pooling", "writing")}
-        prov_out = store_provenance(fields, encoder, sel, corpus, len(utts), batch_size, stats, len(problems_all),
-                                    resumed=any(p.get("n_utterances_reused", 0) for p in provs) or bool(
-                                        n_reused_merge),
-                                    n_reused=sum(int(p.get("n_utterances_reused", 0)) for p in provs),
-                                    seconds=time.perf_counter() - t_start, timings=timings)
-        prov_out["backend"] = {"name": "shards", "num_shards": num_shards, "balance": balance,
-                               "merge_seconds": round(time.perf_counter() - t_start, 3),
-                               "shards": [{**r, "sha256": p["sha256"], "seconds": p.get("seconds"),
-                                           "host": p.get("host")} for r, p in zip(recs, provs, strict=True)]}
-        store = w.finalize(prov_out, problems_all)
+                   for k in new_timings()}
+        backend = {"name": "shards", "num_shards": num_shards, "balance": balance,
+                   "merge_seconds": round(time.perf_counter() - t_start, 3),
+                   "shards": [{**r, "sha256": p["sha256"], "seconds": p.get("seconds"), "host": p.get("host")}
+                              for r, p in zip(recs, provs, strict=True)]}
+        store = finish_store(w, setup, corpus, n_utterances=n_utts, batch_size=batch_size,
+                             resumed=any(p.get("n_utterances_reused", 0) for p in provs) or bool(n_reused_merge),
+                             n_reused=sum(int(p.get("n_utterances_reused", 0)) for p in provs),
+                             seconds=time.perf_counter() - t_start, timings=timings, backend=backend)
     if remove_shards:
         shutil.rmtree(shard_root)
     return store
@@ -364,7 +334,7 @@ def _verify_merged(directory: Path, recs: list[dict[str, Any]], dims: dict[str, 
     """Re-hash each shard's row range in the merged files and compare with the shard's checksum."""
     for layer, dim in dims.items():
         path = directory / f"layer_{layer}.npy"
-        offset, shape, dt = _npy_data_offset(path)
+        offset, shape, dt = npy_data_offset(path)
         row_bytes = dim * dt.itemsize
         with open(path, "rb") as f:
             for rec, prov in zip(recs, provs, strict=True):

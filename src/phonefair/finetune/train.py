@@ -26,6 +26,7 @@ import pandas as pd
 
 from phonefair.corpus.schema import Corpus, problems_frame
 from phonefair.encoders.base import hf_quiet
+from phonefair.errors import DataError
 from phonefair.finetune.data import (VOCAB, GroupBalancedSampler, UniformSampler, Utterance, UtteranceSet,
                                      build_utterances)
 from phonefair.finetune.evaluate import edit_distance, greedy_decode, per_by_group
@@ -150,7 +151,9 @@ class FinetuneResult:
 
 
 # ---------------------------------------------------------------------------------------------------- model
-def _load_encoder(model: str | os.PathLike[str]) -> Any:
+def _load_encoder(model: str | os.PathLike[str], *, safetensors_only: bool = False) -> Any:
+    """``safetensors_only``: our own checkpoints are safetensors; a pickled ``pytorch_model.bin`` planted there is
+    refused rather than loaded."""
     from transformers import AutoConfig, AutoModel
 
     cfg = AutoConfig.from_pretrained(model)
@@ -160,7 +163,7 @@ def _load_encoder(model: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{model}: model_type {cfg.model_type!r} is not supported for fine-tuning "
                          f"(supported: {SUPPORTED_MODEL_TYPES}).{why}")
     with hf_quiet():
-        enc = AutoModel.from_pretrained(model)
+        enc = AutoModel.from_pretrained(model, **({"use_safetensors": True} if safetensors_only else {}))
     if hasattr(enc, "freeze_feature_encoder"):
         enc.freeze_feature_encoder()
     elif hasattr(enc.feature_extractor, "_freeze_parameters"):  # HubertModel has no freeze_feature_encoder
@@ -216,13 +219,14 @@ class _AudioCache:
         from phonefair.corpus.audio import read_audio
         from phonefair.encoders.base import normalise_waveform
 
-        channels = corpus.recordings.set_index("recording_id")["channel"]
+        rec = corpus.recordings.set_index("recording_id")
+        channels, mixes = rec["channel"], rec["mix"].fillna(False)
 
         @lru_cache(maxsize=maxsize)
         def load(rid: str, start: float, end: float) -> np.ndarray:
             ch = channels.get(rid, pd.NA)
             x = read_audio(corpus.audio_path(rid), target_sr=_SR, start=start, end=end,
-                           channel=None if pd.isna(ch) else int(ch))
+                           channel=None if pd.isna(ch) else int(ch), mix=bool(mixes.get(rid, False)))
             return normalise_waveform(x) if normalize else x
 
         self.load = load
@@ -404,6 +408,34 @@ class _Trainer:
         return int(st["step"])
 
 
+_STATE_KEYS = ("step", "heads", "optimizer", "scaler", "groups", "vocab")
+
+
+def load_trainer_state(path: Path, device: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint's trainer state (heads, optimizer, scaler, step) without running code from it.
+
+    ``weights_only=True``: only tensors and plain containers are unpickled, so a checkpoint folder received from
+    someone else cannot execute anything; anything else is a :class:`~phonefair.errors.DataError` naming the file.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        st = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: not a plain tensor state (it holds other Python objects, which phonefair never "
+                        f"unpickles: a checkpoint from elsewhere could run code); delete {path.parent} to start "
+                        f"over") from exc
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the trainer state ({exc}); delete {path.parent} to start over") from exc
+    if not isinstance(st, dict) or (missing := [k for k in _STATE_KEYS if k not in st]):
+        raise DataError(f"{path}: not a phonefair trainer state (missing "
+                        f"{missing if isinstance(st, dict) else list(_STATE_KEYS)}); delete {path.parent} to start "
+                        f"over")
+    return st
+
+
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate_per(enc: Any, head: Any, utterances: Sequence[Utterance], audio: Any, *, device: str = "cpu",
                  n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -515,7 +547,7 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
                              f"run ({ {k: old.get(k) for k in diff} } vs { {k: new[k] for k in diff} })")
 
     us = build_utterances(corpus, groups)
-    enc = _load_encoder(ck if resuming else model)
+    enc = _load_encoder(ck, safetensors_only=True) if resuming else _load_encoder(model)
     keep, frame_problems = _check_frames(enc, us)
     problems = pd.concat([us.problems, problems_frame(frame_problems)], ignore_index=True)
     train = [u for u in keep if u.split == cfg.train_split]
@@ -531,7 +563,7 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
     trainer = _Trainer(cfg, enc, group_names)
     start = 0
     if resuming:
-        start = trainer.load_state(torch.load(ck / STATE_FILE, map_location=trainer.device, weights_only=False))
+        start = trainer.load_state(load_trainer_state(ck / STATE_FILE, trainer.device))
     (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": str(model)}, indent=2))
     sampler_cls = GroupBalancedSampler if cfg.balanced else UniformSampler
     sampler = sampler_cls(train, cfg.batch_size, seed=cfg.seed)
@@ -559,7 +591,9 @@ def finetune(corpus: Corpus, groups: pd.Series, model: str | os.PathLike[str], o
             log_rows.append(rec)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(ctc=f"{rec['loss_ctc']:.3f}", grp=f"{rec['loss_group']:.3f}")
+                # loss_group is None (null in the log) for the ctc control: show only what exists
+                bar.set_postfix({name: f"{rec[key]:.3f}" for key, name in (("loss_ctc", "ctc"), ("loss_group", "grp"))
+                                 if rec.get(key) is not None})
             stopping = cfg.stop_after is not None and step + 1 - start >= cfg.stop_after
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopping:
                 _atomic_checkpoint(out, trainer, model, step + 1)

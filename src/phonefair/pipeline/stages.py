@@ -29,7 +29,7 @@ from phonefair.pipeline.inputs import describe_changes, file_fingerprint, finger
 from phonefair.store.base import EmbeddingSource
 
 __all__ = ["Log", "StageFunctions", "DEFAULT_STAGES", "load_corpus", "validate", "prepare_corpus", "assign",
-           "resolve_encoder", "extract_store", "device_for", "LazySource", "Prepared"]
+           "resolve_encoder", "extract_store", "extraction_kwargs", "device_for", "LazySource", "Prepared"]
 
 
 class Log:
@@ -58,13 +58,16 @@ def load_corpus(cfg: RunConfig, out_dir: Path, *, progress: bool = True) -> Corp
     return load(cfg.corpus.kind, cfg.corpus.root, **dict(cfg.corpus.options))
 
 
-def validate(corpus: Corpus, cfg: RunConfig) -> tuple[pd.DataFrame, dict[str, Any], bool, str]:
-    """``validate_corpus`` → (problems table, summary, ok, text), group sizes checked for ``[groups]``."""
+def validate(corpus: Corpus, cfg: RunConfig, *, progress: bool = False
+             ) -> tuple[pd.DataFrame, dict[str, Any], bool, str]:
+    """``validate_corpus`` → (problems table, summary, ok, text), group sizes checked for ``[groups]``; the audio
+    content is read unless ``[corpus] check_audio = "headers"``."""
     from phonefair.corpus.validate import validate_corpus
 
     cols = cfg.groups.columns
     group_by = cols[0] if len(cols) == 1 and cols[0] in corpus.speakers.columns else None
-    rep = validate_corpus(corpus, group_by=group_by, min_speakers_per_group=cfg.groups.min_speakers)
+    rep = validate_corpus(corpus, group_by=group_by, min_speakers_per_group=cfg.groups.min_speakers,
+                          decode_audio=cfg.corpus.check_audio == "content", progress=progress)
     return rep.problems, dict(rep.summary), bool(rep.ok), rep.to_text()
 
 
@@ -108,7 +111,7 @@ def prepare_corpus(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions) 
     if cmark.exists():
         cmark.unlink()
     corpus = with_audio_fingerprints(stages.load_corpus(cfg, out, progress=log.enabled))
-    problems, vsummary, ok, text = stages.validate(corpus, cfg)
+    problems, vsummary, ok, text = stages.validate(corpus, cfg, progress=log.enabled)
     if corpus.phones.empty:
         raise DataError(f"corpus has no phone tokens:\n{text}")
     if not ok and cfg.corpus.strict:
@@ -188,8 +191,7 @@ def extract_store(corpus: Corpus, enc: EncoderSettings, cfg: RunConfig, out_dir:
     """One encoder's phone embeddings (store under ``out_dir/stores``), locally or on Ray; both give the same
     content-addressed store."""
     encoder = resolve_encoder(enc, cfg, out_dir)
-    kw = dict(store_root=out_dir / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
-              progress=progress, batch_size=enc.batch_size)
+    kw = dict(progress=progress, **extraction_kwargs(enc, cfg, out_dir))
     x = cfg.extraction
     if x.backend == "ray":
         from phonefair.extraction.ray_backend import extract_ray
@@ -199,6 +201,12 @@ def extract_store(corpus: Corpus, enc: EncoderSettings, cfg: RunConfig, out_dir:
     from phonefair.extraction import extract
 
     return extract(corpus, encoder, **kw)
+
+
+def extraction_kwargs(enc: EncoderSettings, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """The settings every extraction driver (local, Ray, shards) and the store key share."""
+    return dict(store_root=out_dir / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
+                batch_size=enc.batch_size, on_audio_error=cfg.extraction.on_audio_error)
 
 
 class LazySource:

@@ -22,7 +22,7 @@ from phonefair.config import ConfigError, RunConfig, load_config, load_preset
 from phonefair.io import write_json, write_table
 from phonefair.pipeline.cache import StageCache, cache_key
 from phonefair.pipeline.stages import (DEFAULT_STAGES, LazySource, Log, StageFunctions, assign, device_for,
-                                  prepare_corpus, resolve_encoder, tiny_model_dir)
+                                       extraction_kwargs, prepare_corpus, resolve_encoder, tiny_model_dir)
 
 __all__ = ["STAGES", "RunResult", "run", "demo", "extract_shard", "merge_shards", "finetune", "compare",
            "as_config", "open_audit"]
@@ -81,9 +81,10 @@ def open_audit(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions, corp
     baseline = None
     for enc in _encoders(cfg):
         encoder = resolve_encoder(enc, cfg, out)
-        _, _, skey, _ = prepare(corpus, encoder, layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
-                                batch_size=enc.batch_size, device=device_for(enc.device), mix=False,
-                                on_audio_error="raise", revision=enc.revision)
+        kw = extraction_kwargs(enc, cfg, out)
+        skey = prepare(corpus, encoder, layers=kw["layers"], pooling=kw["pooling"], dtype=kw["dtype"],
+                       batch_size=kw["batch_size"], device=device_for(enc.device), mix=False,
+                       on_audio_error=kw["on_audio_error"], revision=enc.revision).key
         store_keys[enc.name] = skey
 
         def opener(enc: Any = enc) -> Any:
@@ -225,11 +226,6 @@ def _prepare_only(config: RunConfig | str | Path, progress: bool) -> tuple[RunCo
     return cfg, out, log, prepare_corpus(cfg, out, log, DEFAULT_STAGES)
 
 
-def _extraction_kwargs(enc: Any, out: Path) -> dict[str, Any]:
-    return dict(store_root=out / "stores", layers=enc.layers, pooling=enc.pooling, dtype=enc.dtype,
-                batch_size=enc.batch_size)
-
-
 def extract_shard(config: RunConfig | str | Path, *, shard: int, num_shards: int, progress: bool = True
                   ) -> list[Path]:
     """Static sharding (SLURM arrays, torchrun): extract shard ``shard`` of ``num_shards`` for every encoder.
@@ -244,7 +240,7 @@ def extract_shard(config: RunConfig | str | Path, *, shard: int, num_shards: int
     for enc in cfg.encoders:
         log(f"extract [{enc.name}]: shard {shard} of {num_shards}")
         paths.append(one_shard(prep.corpus, resolve_encoder(enc, cfg, out), shard=shard, num_shards=num_shards,
-                               progress=progress, **_extraction_kwargs(enc, out)))
+                               progress=progress, **extraction_kwargs(enc, cfg, out)))
     return paths
 
 
@@ -257,7 +253,7 @@ def merge_shards(config: RunConfig | str | Path, *, num_shards: int, progress: b
     for enc in cfg.encoders:
         log(f"merge [{enc.name}]: {num_shards} shards")
         stores[enc.name] = merge(prep.corpus, resolve_encoder(enc, cfg, out), num_shards=num_shards,
-                                 **_extraction_kwargs(enc, out))
+                                 **extraction_kwargs(enc, cfg, out))
     return stores
 
 

@@ -149,6 +149,8 @@ def fit_probes(source: EmbeddingSource, design: Design, settings: ProbeSettings 
                      "evaluation": "cross-fitted: every speaker tested once per repeat by probes trained on the "
                                    "other folds' speakers"},
         "design": design.summary(), "size_matching": sizes, "classes": list(design.phones),
+        # token rows whose embedding is NaN/inf (audio the extraction could not embed): left out of every probe
+        "non_finite_rows": {layer: counts[layer].n_nonfinite for layer in layers},
         "timing_s": {"fit": time.perf_counter() - t0, "per_layer": timings},
     }
     import pandas as pd

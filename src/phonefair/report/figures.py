@@ -7,8 +7,12 @@ table lacks what the figure needs, so the report can say "not computed" instead 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -20,9 +24,27 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = ["layer_order", "best_layer", "accuracy_by_layer", "train_test_heatmaps", "in_group_benefit",
-           "variance_vs_accuracy", "decomposition_bars", "figure_to_base64", "save_figure"]
+           "variance_vs_accuracy", "decomposition_bars", "figure_to_base64", "save_figure", "plain_text"]
 
 _COLORS = plt.get_cmap("tab10").colors
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def plain_text() -> AbstractContextManager[Any]:
+    """Matplotlib settings under which every string is drawn as given. Group, phone and layer labels come from
+    the data, and mathtext would read "$10k-$20k" as math (drawn "10k−20k") and fail to draw "a $_$ b". Used
+    while a figure is built (legends, titles) and while it is drawn (tick labels are created then); the global
+    settings are left alone."""
+    return plt.rc_context({"text.parse_math": False})
+
+
+def _plain(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with plain_text():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def layer_order(layers: pd.Series | list[str]) -> list[str]:
@@ -32,6 +54,7 @@ def layer_order(layers: pd.Series | list[str]) -> list[str]:
     return order(layers)
 
 
+@_plain
 def accuracy_by_layer(group_accuracy: pd.DataFrame | None) -> Figure | None:
     """Left: each group's mean speaker accuracy (all-speaker probe, cross-fitted) per layer with t-interval bands.
     Right: each group's gap to the reference / the other groups, with Welch intervals (positive = served worse)."""
@@ -70,6 +93,7 @@ def _population_label(row: pd.Series) -> str:
     return f"{kind}: {grp}"
 
 
+@_plain
 def train_test_heatmaps(probe_accuracy: pd.DataFrame | None, layers: list[str]) -> Figure | None:
     """Small multiples: training population (rows) × test group (columns) accuracy, one panel per layer."""
     if probe_accuracy is None or probe_accuracy.empty or not layers:
@@ -106,6 +130,7 @@ def train_test_heatmaps(probe_accuracy: pd.DataFrame | None, layers: list[str]) 
     return fig
 
 
+@_plain
 def in_group_benefit(benefit: pd.DataFrame | None, layer: str | None) -> Figure | None:
     """In-group benefit (group-trained minus pooled probe accuracy on that group) with CIs at ``layer``,
     and across layers."""
@@ -142,6 +167,7 @@ def in_group_benefit(benefit: pd.DataFrame | None, layer: str | None) -> Figure 
     return fig
 
 
+@_plain
 def variance_vs_accuracy(speaker_variance: pd.DataFrame | None, speaker_accuracy: pd.DataFrame | None,
                          layer: str | None, *, space: str = "raw",
                          variance_accuracy: pd.DataFrame | None = None) -> Figure | None:
@@ -174,6 +200,7 @@ def variance_vs_accuracy(speaker_variance: pd.DataFrame | None, speaker_accuracy
     return fig
 
 
+@_plain
 def decomposition_bars(decomposition: pd.DataFrame | None, layer: str | None) -> Figure | None:
     """Per group: systematic shift² vs between- and within-speaker variance (phone average), per space."""
     if decomposition is None or decomposition.empty or layer is None:
@@ -203,6 +230,7 @@ def decomposition_bars(decomposition: pd.DataFrame | None, layer: str | None) ->
     return fig
 
 
+@_plain
 def figure_to_base64(fig: Figure) -> str:
     """PNG bytes of ``fig`` as base64 text (for an ``<img src="data:...">``)."""
     buf = io.BytesIO()
@@ -210,6 +238,7 @@ def figure_to_base64(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@_plain
 def save_figure(fig: Figure, directory: Path, stem: str) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg`` under ``directory``; returns the paths."""
     directory.mkdir(parents=True, exist_ok=True)

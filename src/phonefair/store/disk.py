@@ -75,7 +75,8 @@ def _atomic_write(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def _npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype[Any]]:
+def npy_data_offset(path: str | os.PathLike[str]) -> tuple[int, tuple[int, ...], np.dtype[Any]]:
+    """``(byte offset of the data, shape, dtype)`` of a ``.npy`` file, from its header."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -245,7 +246,7 @@ class StoreWriter:
             _atomic_write(alloc, json.dumps(spec))
         for layer, dim in self.dims.items():
             path = _layer_file(self.dir, layer)
-            offset, shape, dt = _npy_data_offset(path)
+            offset, shape, dt = npy_data_offset(path)
             if shape != (self.n, dim) or dt != self.dtype:
                 raise StoreError(f"{path}: shape {shape} / dtype {dt} does not match ({self.n}, {dim}) {self.dtype}")
             self._fds[layer] = (os.open(path, os.O_RDWR), offset)

@@ -20,7 +20,6 @@ pauses inside an utterance (clause boundaries) become rows with ``phone_raw="_"`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from phonefair.corpus.schema import Corpus, CorpusError, problems_frame
+from phonefair.io import dumps_strict
 from phonefair.synth.espeak import ACCENT_VOICES, VARIANTS, Synthesis, get_synth, voice_name
 from phonefair.synth.sentences import SENTENCES
 
@@ -346,7 +346,7 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
                     problems=problems_frame(problems), extra=options)
     corpus.phones.attrs["provenance"] = {**options, **phones.attrs.get("provenance", {})}
     corpus.save(out)
-    (out / "synth_settings.json").write_text(json.dumps(options, indent=2, default=str))
+    (out / "synth_settings.json").write_text(dumps_strict(options, indent=2))
     if corpus.recordings.empty:
         raise CorpusError(f"{out}: no utterance was synthesised (max_minutes={max_minutes})")
     return corpus
