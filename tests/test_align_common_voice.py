@@ -91,6 +91,9 @@ batch_size = 2
 [baseline]
 enabled = false
 
+[lenses]
+enabled = false
+
 [probes]
 folds = 2
 l2_grid = [0.01]

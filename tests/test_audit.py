@@ -63,6 +63,9 @@ name = "tiny"
 dtype = "float32"
 [baseline]
 enabled = false
+
+[lenses]
+enabled = false
 [probes]
 folds = 3
 l2_grid = [0.01]

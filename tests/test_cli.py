@@ -37,6 +37,9 @@ name = "enc-b"
 [baseline]
 enabled = false
 
+[lenses]
+enabled = false
+
 [probes]
 folds = 3
 l2_grid = [0.01]
@@ -76,7 +79,7 @@ def fake_stages() -> dict[str, Any]:
         calls["corpus"] += 1
         return fake_corpus()
 
-    def validate(corpus: Corpus, cfg: Any) -> tuple[pd.DataFrame, dict, bool, str]:
+    def validate(corpus: Corpus, cfg: Any, **_: Any) -> tuple[pd.DataFrame, dict, bool, str]:
         calls["validate"] += 1
         ok = state["valid"]
         return corpus.problems, {}, ok, "" if ok else "speakers table: 3 problems\nfile x line 2"

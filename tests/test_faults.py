@@ -78,6 +78,9 @@ min_speakers = 3
 [baseline]
 enabled = false
 
+[lenses]
+enabled = false
+
 [[encoders]]
 model = "tiny:wav2vec2"
 name = "tiny"

@@ -32,6 +32,9 @@ test_fraction = 0.34
 [baseline]
 enabled = false
 
+[lenses]
+enabled = false
+
 [[encoders]]
 model = "tiny:wav2vec2"
 name = "tiny"

@@ -30,10 +30,11 @@ from typing import Any, ClassVar, Literal
 from phonefair.errors import ConfigError
 from phonefair.groups import GroupSpec
 from phonefair.io import resolve_path
-from phonefair.settings import AnalysisSettings, ProbeSettings, Settings, check_value, setting
+from phonefair.settings import AnalysisSettings, ProbeSettings, Settings, check_value, layer_names, setting
 
 __all__ = [
     "ConfigError", "CorpusSettings", "SplitSettings", "EncoderSettings", "ExtractionSettings", "BaselineSettings",
+    "LensSettings",
     "FinetuneSection", "OutputSettings", "RunSettings", "RunConfig", "load_config", "parse_config", "list_presets",
     "preset_text", "load_preset", "CORPUS_KINDS",
 ]
@@ -90,6 +91,10 @@ class EncoderSettings(Settings):
     device: str = setting("auto", 'forward-pass device: "auto", "cpu", "cuda", "cuda:1"')
     batch_size: int = setting(8, "utterances per forward batch", min=1)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", layer_names(self.layers))
+        super().__post_init__()
+
     def validate(self) -> None:
         if self.name is not None and (not _NAME_RE.sub("", self.name) or _NAME_RE.search(self.name)):
             raise self.fail("name", "use letters, digits, '_', '.', '-' only (it names folders and table rows), "
@@ -122,6 +127,25 @@ class BaselineSettings(Settings):
 
     enabled: bool = setting(True, "audit an acoustic baseline (log-mel / MFCC) beside the encoders")
     model: str = setting("acoustic", "the baseline's encoder spec")
+
+
+@dataclass(frozen=True)
+class LensSettings(Settings):
+    """``[lenses]``: group- and speaker-identity probes per layer and the dimensions that carry group identity
+    (docs/lenses.md). ``options`` are :class:`phonefair.probes.identity.IdentitySettings` fields."""
+
+    section: ClassVar[str] = "[lenses]"
+
+    enabled: bool = setting(True, "run the identity lenses for every encoder (not the acoustic baseline)")
+    options: Mapping[str, Any] = setting({}, "IdentitySettings fields, e.g. n_perm = 999, per_phone = true")
+
+    def validate(self) -> None:
+        from phonefair.probes.identity import IdentitySettings
+
+        try:
+            IdentitySettings(**dict(self.options))
+        except (TypeError, ValueError) as exc:
+            raise self.fail("options", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -166,6 +190,7 @@ class RunConfig:
     probes: ProbeSettings = field(default_factory=ProbeSettings)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    lenses: LensSettings = field(default_factory=LensSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     run: RunSettings = field(default_factory=RunSettings)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
@@ -198,8 +223,8 @@ class RunConfig:
         return dataclasses.replace(self, output=OutputSettings(dir=str(Path(out_dir).resolve())))
 
 
-_SECTIONS = ("corpus", "groups", "split", "encoders", "extraction", "probes", "analysis", "baseline", "output",
-             "run", "finetune")
+_SECTIONS = ("corpus", "groups", "split", "encoders", "extraction", "probes", "analysis", "baseline", "lenses",
+             "output", "run", "finetune")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -261,7 +286,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
 
     kw: dict[str, Any] = {}
     for name, cls in (("split", SplitSettings), ("probes", ProbeSettings), ("analysis", AnalysisSettings),
-                      ("baseline", BaselineSettings), ("output", OutputSettings), ("run", RunSettings),
+                      ("baseline", BaselineSettings), ("lenses", LensSettings), ("output", OutputSettings),
+                      ("run", RunSettings),
                       ("extraction", ExtractionSettings)):
         kw[name] = cls.from_mapping(data.get(name), where=source, base_dir=base)
     if "output" not in data or "dir" not in (data.get("output") or {}):

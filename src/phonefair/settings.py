@@ -51,6 +51,15 @@ def setting(default: Any, doc: str, *, min: float | None = None, max: float | No
     return field(default=default, metadata=meta)
 
 
+def layer_names(v: Any) -> Any:
+    """Layer selections may name hidden states by number (``layers = [0, 6, 12]``): numbers become names."""
+    if isinstance(v, (list, tuple)):
+        return tuple(str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (str(v),)
+    return v
+
+
 def _show(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
@@ -293,6 +302,10 @@ class ProbeSettings(Settings):
     exclude_phones: tuple[str, ...] = setting(("sil",), "phone labels left out of every analysis", nonempty=False)
     threads: int = setting(0, "torch threads for probe fitting; 0 = auto (1 when the machine is busy)", min=0)
     device: str = setting("auto", 'probe device: "auto", "cpu" or "cuda"')
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", layer_names(self.layers))
+        super().__post_init__()
 
     def validate(self) -> None:
         if isinstance(self.layers, str) and self.layers != "all":

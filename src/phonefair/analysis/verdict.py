@@ -43,7 +43,8 @@ def headline_layer(speaker_accuracy: pd.DataFrame, metric: str = "standardized_a
 
 
 def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFrame | None = None, *,
-                  headline: str | None, alpha: float, phone_gaps: pd.DataFrame | None = None) -> pd.DataFrame:
+                  headline: str | None, alpha: float, phone_gaps: pd.DataFrame | None = None,
+                  amplification: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per group: verdict, where, why, with the numbers a reader quotes (see the module docstring)."""
     dec = served.decisions.set_index("group")
     gaps = served.gaps.assign(layer=served.gaps["layer"].astype(str))
@@ -68,7 +69,8 @@ def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFr
             "p_systematic": np.nan, "p_random": np.nan, "evidence": None,
             "share_systematic": np.nan, "share_ci_low": np.nan, "share_ci_high": np.nan,
             "in_group_benefit": np.nan, "igb_ci_low": np.nan, "igb_ci_high": np.nan,
-            "representational": None, "is_reference": bool(d["is_reference"])}
+            "representational": None, "baseline_reading": None, "amplification": np.nan,
+            "amplification_ci_low": np.nan, "amplification_ci_high": np.nan, "is_reference": bool(d["is_reference"])}
         if d["served_worse"] and g in mech.index:
             m = mech.loc[g]
             sys_, rnd = bool(m["systematic_significant"]), bool(m["random_significant"])
@@ -98,6 +100,13 @@ def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFr
             if len(ib):
                 row.update(in_group_benefit=ib["delta"].iloc[0], igb_ci_low=ib["ci_low"].iloc[0],
                            igb_ci_high=ib["ci_high"].iloc[0])
+        if amplification is not None and len(amplification) and layer is not None:
+            am = amplification[(amplification["group"] == g) & (amplification["layer"].astype(str) == str(layer))]
+            head = am[am["is_baseline_layer"]] if "is_baseline_layer" in am else am
+            if len(head):  # against the headline (most accurate) baseline feature set
+                r = head.iloc[0]
+                row.update(baseline_reading=r["reading"], amplification=r["amplification"],
+                           amplification_ci_low=r["ci_low"], amplification_ci_high=r["ci_high"])
         if not d["served_worse"] and typology is not None and headline is not None:
             row["representational"] = _representational(typology, g, headline)
         rows.append(row)
@@ -150,5 +159,10 @@ def sentence(r: dict[str, Any]) -> str:
         share = (f"; systematic share {_pct(r['share_systematic'])} % "
                  f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
     where = f"; most on phones {r['phones']}" if r.get("phones") else ""
+    base = {"amplified": "; the encoder amplifies a gap already in the acoustic signal",
+            "inherited": "; the gap is inherited from the acoustic signal",
+            "reduced": "; the encoder reduces a gap that is in the acoustic signal",
+            "created": "; the acoustic signal shows no gap: the encoder creates it"}.get(r.get("baseline_reading") or "",
+                                                                                        "")
     return (f"{g} is served worse than {r['worse_than']} (gap {gap} at layer {r['layer']}; significant at layers "
-            f"{r['layers']}{where}): {why}{share}.")
+            f"{r['layers']}{where}): {why}{share}{base}.")

@@ -28,7 +28,7 @@ from phonefair.store.base import EmbeddingSource
 
 __all__ = ["Audit", "Design"]
 
-STAGES = ("probes", "served", "typology")
+STAGES = ("probes", "served", "typology", "identity")
 
 
 class Audit:
@@ -51,6 +51,9 @@ class Audit:
     baseline:
         The name of an encoder in ``embeddings`` that is an acoustic baseline (its gaps are subtracted from the other
         encoders' to say whether they create, amplify, inherit or reduce a gap).
+    lenses:
+        :class:`~phonefair.probes.identity.IdentitySettings` (or a mapping of its fields) for the group- and
+        speaker-identity lenses (:meth:`identity`).
     seed:
         Every random stream of the audit is derived from it (:mod:`phonefair.rng`).
     """
@@ -59,7 +62,7 @@ class Audit:
                  reference: str | None = None, min_speakers: int = 5,
                  probes: ProbeSettings | Mapping[str, Any] | None = None,
                  analysis: AnalysisSettings | Mapping[str, Any] | None = None, baseline: str | None = None,
-                 seed: int = 0, progress: bool = False) -> None:
+                 lenses: Any = None, seed: int = 0, progress: bool = False) -> None:
         self.sources: dict[str, EmbeddingSource] = (
             {str(k): v for k, v in embeddings.items()} if isinstance(embeddings, Mapping) else {"encoder": embeddings})
         if not self.sources:
@@ -70,6 +73,7 @@ class Audit:
         self.analysis_settings = coerce(AnalysisSettings, analysis)
         self.reference = reference
         self.baseline = baseline
+        self.lens_settings = lenses
         self.seed = int(seed)
         self.progress = progress
         self.designs: dict[str, Design] = {
@@ -152,6 +156,39 @@ class Audit:
         return phone_gaps(self.probes(enc)["speaker_phone_counts"], self.designs[enc], self.served(enc).decisions,
                           level=a.level, fdr_alpha=a.fdr_alpha)
 
+    def amplification(self, encoder: str | None = None) -> Any:
+        """Does the encoder make a group's gap or inherit it from the signal? The encoder's gaps against the acoustic
+        baseline's (:func:`phonefair.analysis.baseline.amplification`); ``None`` without a baseline."""
+        enc = self._encoder(encoder)
+        if self.baseline is None or enc == self.baseline:
+            return None
+        from phonefair.analysis.baseline import amplification
+
+        a = self.analysis_settings
+
+        def acc(name: str) -> pd.DataFrame:
+            sa = self.probes(name)["speaker_accuracy"]
+            return sa.assign(accuracy=sa["standardized_accuracy"])
+
+        from phonefair.analysis import headline_layer
+
+        return amplification(acc(enc), acc(self.baseline), reference=self.reference, level=a.level,
+                             seed=self.seed, best_layer=headline_layer(self.probes(enc)["speaker_accuracy"]))
+
+    def identity(self, encoder: str | None = None) -> Any:
+        """The group- and speaker-identity lenses (:func:`phonefair.probes.identity.identity_lenses`)."""
+        enc = self._encoder(encoder)
+        if (enc, "identity") not in self._results:
+            from phonefair.probes.identity import IdentitySettings, identity_lenses
+
+            st = self.lens_settings
+            if st is None or isinstance(st, Mapping):
+                st = IdentitySettings(**{"seed": self.seed, "exclude_phones": self.probe_settings.exclude_phones,
+                                         "level": self.analysis_settings.level, **dict(st or {})})
+            self._results[(enc, "identity")] = identity_lenses(self.sources[enc], self.designs[enc].groups,
+                                                               settings=st, progress=self.progress)
+        return self._results[(enc, "identity")]
+
     def run(self) -> Audit:
         """Compute every stage of every encoder now (otherwise each is computed when first asked for)."""
         for enc in self.encoders:
@@ -167,9 +204,11 @@ class Audit:
         parts = []
         for enc in encs:
             probes = self.probes(enc)
+            amp = self.amplification(enc) if self.baseline is not None and enc != self.baseline else None
             v = verdict_table(self.served(enc), self.typology(enc), probes["in_group_benefit"],
                               headline=headline_layer(probes["speaker_accuracy"]),
-                              alpha=self.analysis_settings.alpha, phone_gaps=self.phone_gaps(enc))
+                              alpha=self.analysis_settings.alpha, phone_gaps=self.phone_gaps(enc),
+                              amplification=None if amp is None else amp.tables()["amplification"])
             parts.append(v.assign(encoder=enc) if len(encs) > 1 or encoder is None else v)
         return pd.concat(parts, ignore_index=True)
 

@@ -11,7 +11,7 @@ __all__ = ["save_stage", "load_stage"]
 
 def save_stage(stage: str, result: Any) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """``probes`` → a :class:`~phonefair.probes.ProbeResults`; ``analyze`` → ``(ServedWorse, TypologyResults)``."""
-    if stage == "probes":
+    if stage in ("probes", "identity"):
         return dict(result.tables()), {"provenance": result.provenance}
     if stage == "analyze":
         served, typ = result
@@ -27,6 +27,10 @@ def load_stage(stage: str, tables: dict[str, pd.DataFrame], meta: dict[str, Any]
         from phonefair.probes import ProbeResults
 
         return ProbeResults(table_map=tables, provenance=meta.get("provenance", {}))
+    if stage == "identity":
+        from phonefair.probes.identity import IdentityResults
+
+        return IdentityResults(table_map=tables, provenance=meta.get("provenance", {}))
     if stage == "analyze":
         from phonefair.analysis import ServedWorse, TypologyResults
 

@@ -43,5 +43,14 @@ def collect_tables(audit: Audit, *, complete_only: bool = False) -> dict[str, pd
             for k, v in audit.typology(enc).tables().items():
                 t[_RENAME.get(k, k)] = v
             t["verdict"] = audit.verdicts(enc)
+        if audit.baseline is not None and enc != audit.baseline and (
+                not complete_only or (audit.has(enc, "probes") and audit.has(audit.baseline, "probes"))):
+            b = audit.amplification(enc).tables()
+            t["baseline_gaps"], t["amplification"] = b["gaps"], b["amplification"]
+        if audit.has(enc, "identity"):
+            for k, v in audit.identity(enc).tables().items():
+                if k == "phone_gap":  # the lenses' own gap at the removal layers; group_accuracy has every layer
+                    continue
+                t["identity_problems" if k == "problems" else k] = v
         per[enc] = t
     return stack(per)

@@ -95,8 +95,8 @@ def open_audit(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions, corp
         if enc.name == "acoustic-baseline":
             baseline = enc.name
     audit = Audit(sources, groups, reference=cfg.groups.reference, min_speakers=cfg.groups.min_speakers,
-                  probes=cfg.probes, analysis=cfg.analysis, baseline=baseline, seed=cfg.run.seed,
-                  progress=progress)
+                  probes=cfg.probes, analysis=cfg.analysis, baseline=baseline, lenses=dict(cfg.lenses.options),
+                  seed=cfg.run.seed, progress=progress)
     return audit, store_keys
 
 
@@ -167,6 +167,17 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
             audit.attach(enc, "typology", typ)
             cache.save("analyze", ak, *save_stage("analyze", (served, typ)))
             ran.append(f"analyze:{enc}")
+        if cfg.lenses.enabled and enc != audit.baseline:
+            lk = cache_key("lenses", store_keys[enc], design_key, cfg.lenses.to_dict(), cfg.probes.exclude_phones,
+                           cfg.analysis.level, cfg.run.seed)
+            keys[enc]["lenses"] = lk
+            if cache.complete("lenses", lk):
+                audit.attach(enc, "identity", load_stage("identity", *cache.load("lenses", lk)))
+            elif "analyze" in wanted:
+                log(f"lenses [{enc}]: group- and speaker-identity probes")
+                res_id = audit.identity(enc)
+                cache.save("lenses", lk, *save_stage("identity", res_id))
+                ran.append(f"lenses:{enc}")
 
     from phonefair.audit.tables import collect_tables
 
