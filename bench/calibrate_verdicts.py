@@ -42,6 +42,12 @@ def scenarios() -> dict[str, dict[str, Any]]:
     three = {"A": 12, "B": 12, "C": 12}
     base = dict(n_phones=24, dim=64, phone_sep=0.35, layers=("0", "1", "2"))
     S = Scenario
+    sys_ = {"systematic"}
+    rnd = {"random"}
+    # a random-direction shift separates the shifted group's phone clusters: it may be served worse (systematic)
+    # or better; either way it is named (as served worse, or as a representational difference) and nobody else is
+    drift = {"systematic", "representational"}
+    towards = {"shift_mode": "towards"}
     return {
         # ---- nothing planted: any "served worse" is a false verdict
         "null": dict(sc=S(groups=groups(three), **base), truth={}),
@@ -53,28 +59,36 @@ def scenarios() -> dict[str, dict[str, Any]]:
         "count-confound": dict(sc=S(groups=groups(three, C={"tokens_per_phone": 2}), **base), truth={}),
         "frequency-confound": dict(sc=S(groups=groups(three, C={"phone_weights": tuple(np.linspace(3, 0.3, 24))}),
                                         **base), truth={}),
-        # ---- planted effects
-        "shift-all-phones": dict(sc=S(groups=groups(three, C={"shift": 1.2}), **base),
-                                 truth={"C": "systematic"}),
-        "shift-4-of-24-phones": dict(sc=S(groups=groups(three, C={"shift": 3.0, "shift_phones": 4 / 24}), **base),
-                                     truth={"C": "systematic"}),
+        # ---- planted effects that cost accuracy
+        "shift-towards-neighbours": dict(sc=S(groups=groups(three, C={"shift": 1.0, **towards}), **base),
+                                         truth={"C": sys_}),
+        "shift-6-of-24-phones": dict(sc=S(groups=groups(three, C={"shift": 2.0, "shift_phones": 6 / 24, **towards}),
+                                          **base), truth={"C": sys_}),
         "variance": dict(sc=S(groups=groups(three, C={"speaker_sd": 0.9, "noise_sd": 1.5}), **base),
-                         truth={"C": "random"}),
-        "both": dict(sc=S(groups=groups(three, C={"shift": 1.2, "speaker_sd": 0.9, "noise_sd": 1.5}), **base),
-                     truth={"C": "systematic and random"}),
-        "two-groups-two-effects": dict(sc=S(groups=groups({g: 10 for g in "ABCD"}, C={"shift": 1.2},
-                                                          D={"speaker_sd": 0.9, "noise_sd": 1.5}), **base),
-                                       truth={"C": "systematic", "D": "random"}),
-        "reference-is-shifted": dict(sc=S(groups=groups(three, A={"shift": 1.2}), **base),
-                                     truth={"A": "systematic"}, reference="A"),
-        "unbalanced-small-group-shifted": dict(sc=S(groups=groups({"A": 18, "B": 9, "C": 7}, C={"shift": 1.5}),
-                                                    **base), truth={"C": "systematic"}),
-        "effect-in-late-layers": dict(sc=S(groups=groups(three, C={"shift": 1.2}),
+                         truth={"C": rnd}),
+        "both": dict(sc=S(groups=groups(three, C={"shift": 1.0, "speaker_sd": 0.9, "noise_sd": 1.5, **towards}),
+                          **base), truth={"C": {"systematic and random"}}),
+        "two-groups-two-effects-of-3": dict(sc=S(groups=groups(three, A={"shift": 1.0, **towards},
+                                                               B={"speaker_sd": 0.9, "noise_sd": 1.5}), **base),
+                                            truth={"A": sys_, "B": rnd}),
+        "two-groups-two-effects-of-4": dict(sc=S(groups=groups({g: 10 for g in "ABCD"}, C={"shift": 1.0, **towards},
+                                                               D={"speaker_sd": 0.9, "noise_sd": 1.5}), **base),
+                                            truth={"C": sys_, "D": rnd}),
+        "reference-is-shifted": dict(sc=S(groups=groups(three, A={"shift": 1.0, **towards}), **base),
+                                     truth={"A": sys_}, reference="A"),
+        "unbalanced-small-group-shifted": dict(sc=S(groups=groups({"A": 18, "B": 9, "C": 7},
+                                                                  C={"shift": 1.2, **towards}), **base),
+                                               truth={"C": sys_}),
+        "effect-in-late-layers": dict(sc=S(groups=groups(three, C={"shift": 1.0, **towards}),
                                            **{**base, "layers": tuple(map(str, range(6))),
                                               "layer_shift": (0, 0, 0, 1, 1, 1)}),
-                                      truth={"C": "systematic"}),
-        "dim-256": dict(sc=S(groups=groups(three, C={"shift": 1.2}), **{**base, "dim": 256, "phone_sep": 0.2}),
-                        truth={"C": "systematic"}),
+                                      truth={"C": sys_}),
+        "dim-256": dict(sc=S(groups=groups(three, C={"shift": 1.0, **towards}),
+                             **{**base, "dim": 256, "phone_sep": 0.18}), truth={"C": sys_}),
+        # ---- random-direction shifts (issue case 1): named, innocents spared
+        "random-direction-shift": dict(sc=S(groups=groups(three, C={"shift": 1.5}), **base), truth={"C": drift}),
+        "random-shift-4-of-24": dict(sc=S(groups=groups(three, C={"shift": 3.0, "shift_phones": 4 / 24}), **base),
+                                     truth={"C": drift}),
     }
 
 
@@ -109,7 +123,13 @@ def one(args: tuple[str, int, int]) -> dict[str, Any]:
     flagged = {g: str(v.loc[g, "mechanism"]) for g in v.index if v.loc[g, "served_worse"]}
     truth = spec["truth"]
     innocent = set(flagged) - set(truth)
-    wrong_mech = {g for g in flagged if g in truth and flagged[g] != truth[g]}
+    wrong_mech = {g for g in flagged if g in truth and flagged[g] not in truth[g]}
+
+    def named(g: str) -> bool:  # the planted group gets an accepted outcome
+        if g in flagged:
+            return flagged[g] in truth[g]
+        rep = v.loc[g, "representational"]
+        return "representational" in truth[g] and isinstance(rep, str) and "shifted" in rep
     # realised effect: gap of each planted group at its peak layer in units of the speaker SD
     sa = audit.probes()["speaker_accuracy"]
     d_real = {}
@@ -123,7 +143,7 @@ def one(args: tuple[str, int, int]) -> dict[str, Any]:
             best = val if best is None or val > best else best
         d_real[g] = best
     return {"scenario": name, "seed": seed, "false_verdict": bool(innocent or wrong_mech),
-            "right": set(flagged) == set(truth) and not wrong_mech, "flagged": flagged,
+            "right": not innocent and not wrong_mech and all(named(g) for g in truth), "flagged": flagged,
             "d_gap": float(np.nanmean(list(d_real.values()))) if d_real else np.nan,
             "seconds": time.perf_counter() - t0}
 

@@ -1,7 +1,8 @@
 """Why is a group served worse? Shift (systematic) and spread (random) tests for the groups found served worse.
 
 For a group ``g`` served worse, the comparison set ``C_g`` is the groups it is significantly less accurate than
-(reference mode: the reference). At the layers where it is served worse, in every analysed space (raw embedding
+(reference mode: the reference), leaving out those that are themselves served worse (unless none would remain):
+a shifted group in the comparison set would make a merely noisier ``g`` look shifted against the pooled set. At the layers where it is served worse, in every analysed space (raw embedding
 space and the discriminant space), ``g``'s speakers are compared with ``C_g``'s speakers pooled:
 
 * **systematic**: the studentised squared distance between ``g``'s and ``C_g``'s phone means, averaged over phones
@@ -91,9 +92,14 @@ def plan_mechanisms(design: Design, decisions: pd.DataFrame, *, n_perm: int, see
     """One plan per group served worse (``decisions`` of :func:`~phonefair.analysis.served.served_worse`)."""
     names = design.group_names
     plans = []
+    flagged = set(decisions.loc[decisions["served_worse"], "group"].astype(str))
     for _, d in decisions[decisions["served_worse"]].iterrows():
         g = names.index(str(d["group"]))
-        comp = [names.index(x.strip()) for x in str(d["worse_than"]).split(",") if x.strip()]
+        worse_than = [x.strip() for x in str(d["worse_than"]).split(",") if x.strip()]
+        # compare with the well-served groups among them: a group that is itself served worse (say, shifted)
+        # would lend its own error to the pooled comparison and make g look shifted too
+        clean = [x for x in worse_than if x not in flagged] or worse_than
+        comp = [names.index(x) for x in clean]
         layers = [x.strip() for x in str(d["layers"]).split(",") if x.strip()]
         idx = np.flatnonzero(np.isin(design.speaker_group, [g, *comp]))
         labels = design.speaker_group[idx] == g

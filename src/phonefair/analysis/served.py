@@ -155,7 +155,7 @@ def served_worse(speaker_accuracy: pd.DataFrame, design: Design, *, alpha: float
                              "n_speakers": int(n[g])})
     gaps = pd.DataFrame(gap_rows)
     decisions, warnings = _decide(pairwise, gaps, design, layers)
-    info = {"alpha": alpha, "n_perm": n_perm, "family": [f"{names[a]} vs {names[b]}" for a, b in pairs],
+    info = {"alpha": alpha, "n_perm": n_perm, "reference": design.reference, "family": [f"{names[a]} vs {names[b]}" for a, b in pairs],
             "family_size": len(pairs) * L, "critical_t": crit, "metric": metric, "permutation":
             "group labels shuffled between speakers within cross-fitting folds (repeat 0)",
             "min_attainable_p": 1.0 / (n_perm + 1)}

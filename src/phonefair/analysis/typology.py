@@ -159,6 +159,11 @@ def analyze(source: EmbeddingSource, design: Design, settings: AnalysisSettings 
         level = np.where(frame.get("omnibus", pd.Series(True, index=frame.index)).astype(bool), s.alpha,
                          s.fdr_alpha)
         frame["significant"] = (frame["q_value"] <= level).fillna(False).astype(bool)
+        if "p_less" in frame:
+            frame["q_less"] = np.nan
+            for _, sub in frame.groupby(fam):
+                frame.loc[sub.index, "q_less"] = holm(sub["p_less"].to_numpy())
+            frame["significant_less"] = (frame["q_less"] <= s.alpha).fillna(False).astype(bool)
     if not tests.empty:
         tests = tests.drop(columns="omnibus")
     spk_var = pd.DataFrame(rows["speaker"])
@@ -264,8 +269,10 @@ def _describe(st: SpaceStats, design: Design, layer: str, space: str, scale: np.
         p = np.stack([consensus_pvalue(pp[g, others[g]], G) for g in range(G)])
         p_star = np.array([consensus_pvalue(pps[g, others[g]], G) for g in range(G)])
         ratio_p = np.array([consensus_pvalue(pv[g, others[g]], G) for g in range(G)])
+        # less variable than the consensus: the reverse one-sided pairwise tests
+        less_p = np.array([consensus_pvalue(pv[others[g], g], G) for g in range(G)])
     else:
-        p, p_star, ratio_p = pp[:, ref], pps[:, ref], pv[:, ref]
+        p, p_star, ratio_p, less_p = pp[:, ref], pps[:, ref], pv[:, ref], pv[ref, :]
 
     # ---- speaker bootstrap within groups (intervals)
     _, Wb = cluster_bootstrap_weights(np.arange(S), n_boot, seed=int(gen.integers(2**31)), strata=labels)
@@ -311,7 +318,8 @@ def _describe(st: SpaceStats, design: Design, layer: str, space: str, scale: np.
         rows["variance"].append({"layer": layer, "space": space, "group": g,
                                  "variance_ratio": float(np.exp(obs["logratio"][0, gi])),
                                  "ci_low": float(np.exp(lr_lo[gi])), "ci_high": float(np.exp(lr_hi[gi])),
-                                 "p_value": np.nan if gi == ref else ratio_p[gi]})
+                                 "p_value": np.nan if gi == ref else ratio_p[gi],
+                                 "p_less": np.nan if gi == ref else less_p[gi]})
     for pi, ph in enumerate([*design.phones, "*"]):
         M = obs["d_star"][0] if ph == "*" else c0.D[0, :, :, pi]
         for a, ga in enumerate(names):

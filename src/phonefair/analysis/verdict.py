@@ -15,7 +15,16 @@ verdict                                    meaning
 =========================================  =====================================================================
 
 A shift or spread of a group that is *not* served worse costs no measured accuracy: it is reported in the
-``representational`` column (e.g. "shifted (no accuracy cost)"), never as a disadvantage. The in-group benefit (a
+``representational`` column (e.g. "shifted (no detected accuracy cost)"), never as a disadvantage.
+
+**Which side of a gap is the odd one** (each group against the others, no reference): accuracy says that ``g`` is less
+accurate than ``h``, not which of them departs from the norm. When ``h`` departs from the consensus of the groups
+(its phone embeddings are shifted, or less scattered, against the median group: the typology's family-wise tests at
+the layers of the gap) and ``g`` does not (neither shifted nor more scattered), the gap is read as *``h`` served
+better*, and ``g`` is not called served worse on account of ``h``. Example: one group's phones drift apart (a shift
+in random directions separates its phone clusters), the probe serves it *better* and the others slightly worse; the
+others are not blamed, the drifting group is reported as a representational difference that is served better. With
+a stated reference, gaps are read against the reference as asked (the reference's own departure is warned about). The in-group benefit (a
 probe trained only on the group beats the size-matched pooled probe on it) is reported beside the verdict as
 behavioural corroboration of a shift; it does not decide the label, because its small-sample test is weaker than
 the embedding-level permutation tests.
@@ -28,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["VERDICTS", "verdict_table", "headline_layer", "sentence"]
+__all__ = ["VERDICTS", "attribute", "verdict_table", "headline_layer", "sentence"]
 
 VERDICTS = ("not served worse", "served worse: systematic", "served worse: random",
             "served worse: systematic and random", "served worse: unexplained")
@@ -42,11 +51,59 @@ def headline_layer(speaker_accuracy: pd.DataFrame, metric: str = "standardized_a
     return str(m.idxmax()) if m.notna().any() else None
 
 
+def _departs(typology: Any, group: str, layers: list[str], *, worse: bool) -> bool:
+    """Does ``group`` depart from the consensus at any of ``layers`` (family-wise significant, any space)?
+    ``worse``: shifted or *more* scattered; otherwise shifted or *less* scattered."""
+    st, vt = typology["shift_tests"], typology["variance_tests"]
+    lay = st["layer"].astype(str).isin(layers)
+    if bool((st[lay & (st["group"] == group) & (st["phone"] == "*")]["significant"]).any()):
+        return True
+    v = vt[vt["layer"].astype(str).isin(layers) & (vt["group"] == group)]
+    col = "significant" if worse else "significant_less"
+    return bool(v[col].any()) if col in v else False
+
+
+def attribute(served: Any, typology: Any, *, reference: str | None) -> pd.DataFrame:
+    """The final served-worse decisions: ``served.decisions`` with the pairs read as "the other group is served
+    better" removed (module docstring); adds ``served_better`` (groups found to be the better-served odd one)."""
+    dec = served.decisions.copy()
+    dec["served_better_than"] = ""
+    if reference is not None or typology is None or len(dec) < 3:
+        return dec
+    pw = served.pairwise
+    sig = pw[pw["significant"]]
+    better: dict[str, list[str]] = {}
+    for i, d in dec.iterrows():
+        g = str(d["group"])
+        keep, layers_kept = [], []
+        for h in [x.strip() for x in str(d["worse_than"]).split(",") if x.strip()]:
+            lay = sig[(sig["group"] == g) & (sig["other"] == h)]["layer"].astype(str).tolist()
+            if _departs(typology, h, lay, worse=False) and not _departs(typology, g, lay, worse=True):
+                better.setdefault(h, []).append(g)
+                continue
+            keep.append(h)
+            layers_kept += lay
+        from phonefair.layers import layer_order
+
+        layers_kept = layer_order(set(layers_kept))
+        dec.at[i, "worse_than"] = ", ".join(keep)
+        dec.at[i, "layers"] = ", ".join(layers_kept)
+        dec.at[i, "served_worse"] = bool(keep)
+        if not keep:
+            dec.at[i, "peak_layer"] = None
+        elif d["peak_layer"] not in layers_kept:
+            dec.at[i, "peak_layer"] = layers_kept[-1]
+    dec["served_better_than"] = [", ".join(sorted(better.get(str(g), []))) for g in dec["group"]]
+    return dec
+
+
 def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFrame | None = None, *,
                   headline: str | None, alpha: float, phone_gaps: pd.DataFrame | None = None,
-                  amplification: pd.DataFrame | None = None) -> pd.DataFrame:
+                  amplification: pd.DataFrame | None = None, decisions: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per group: verdict, where, why, with the numbers a reader quotes (see the module docstring)."""
-    dec = served.decisions.set_index("group")
+    dec = (decisions if decisions is not None else attribute(served, typology,
+                                                              reference=served.info.get("reference"))
+           ).set_index("group")
     gaps = served.gaps.assign(layer=served.gaps["layer"].astype(str))
     mech = pd.DataFrame() if typology is None else typology["mechanism"].set_index("group") \
         if len(typology["mechanism"]) else pd.DataFrame()
@@ -109,6 +166,9 @@ def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFr
                            amplification_ci_low=r["ci_low"], amplification_ci_high=r["ci_high"])
         if not d["served_worse"] and typology is not None and headline is not None:
             row["representational"] = _representational(typology, g, headline)
+            if d.get("served_better_than"):
+                row["representational"] = f"served better than {d['served_better_than']}" + (
+                    f"; {row['representational']}" if row["representational"] else "")
         rows.append(row)
     out = pd.DataFrame(rows)
     out["sentence"] = [sentence(r) for r in out.to_dict("records")]
@@ -128,7 +188,7 @@ def _representational(typology: Any, group: str, layer: str) -> str | None:
            & (vt["variance_ratio"] > 1)]
     if len(v):
         parts.append("more variable")
-    return f"{' and '.join(parts)} (no accuracy cost)" if parts else None
+    return f"{' and '.join(parts)} (no detected accuracy cost)" if parts else None
 
 
 def _pct(x: float) -> str:

@@ -147,13 +147,21 @@ class Audit:
                 progress=self.progress)
         return self._results[(enc, "typology")]
 
+    def decisions(self, encoder: str | None = None) -> pd.DataFrame:
+        """The final served-worse decisions per group: the pairwise attribution, read against the typology when a
+        better-served group is the one that departs from the others (:func:`phonefair.analysis.verdict.attribute`)."""
+        from phonefair.analysis.verdict import attribute
+
+        enc = self._encoder(encoder)
+        return attribute(self.served(enc), self.typology(enc), reference=self.reference)
+
     def phone_gaps(self, encoder: str | None = None) -> pd.DataFrame:
         """Where, phone by phone, each group served worse loses accuracy (at its peak layer)."""
         from phonefair.analysis.served import phone_gaps
 
         enc = self._encoder(encoder)
         a = self.analysis_settings
-        return phone_gaps(self.probes(enc)["speaker_phone_counts"], self.designs[enc], self.served(enc).decisions,
+        return phone_gaps(self.probes(enc)["speaker_phone_counts"], self.designs[enc], self.decisions(enc),
                           level=a.level, fdr_alpha=a.fdr_alpha)
 
     def amplification(self, encoder: str | None = None) -> Any:
@@ -208,7 +216,8 @@ class Audit:
             v = verdict_table(self.served(enc), self.typology(enc), probes["in_group_benefit"],
                               headline=headline_layer(probes["speaker_accuracy"]),
                               alpha=self.analysis_settings.alpha, phone_gaps=self.phone_gaps(enc),
-                              amplification=None if amp is None else amp.tables()["amplification"])
+                              amplification=None if amp is None else amp.tables()["amplification"],
+                              decisions=self.decisions(enc))
             parts.append(v.assign(encoder=enc) if len(encs) > 1 or encoder is None else v)
         return pd.concat(parts, ignore_index=True)
 

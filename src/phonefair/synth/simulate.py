@@ -44,6 +44,9 @@ class GroupParams:
     noise_sd: float = 1.0
     tokens_per_phone: int = 8  # mean tokens per (speaker, phone); Poisson-distributed, at least 1
     phone_weights: Sequence[float] | None = None  # relative phone frequencies (None: uniform)
+    # "random": each shifted phone moves in its own random direction (its clusters drift apart: often *easier*
+    # to classify); "towards": towards the nearest other phone's mean (an accent merger: harder to classify)
+    shift_mode: str = "random"
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,15 @@ def simulate(scenario: Scenario | str = "null", *, seed: int = 0, **overrides: A
             shifted = list(range(k))
         else:
             shifted = [phones.index(p) for p in gp.shift_phones]
-        dirs = rng.normal(size=(len(shifted), D))
+        if gp.shift_mode == "random":
+            dirs = rng.normal(size=(len(shifted), D))
+        elif gp.shift_mode == "towards":  # layer 0's geometry decides the nearest phone
+            mu = phone_means[0]
+            d2 = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
+            np.fill_diagonal(d2, np.inf)
+            dirs = mu[np.argmin(d2[shifted], axis=1)] - mu[shifted]
+        else:
+            raise ValueError(f"group {g!r}: shift_mode must be 'random' or 'towards', got {gp.shift_mode!r}")
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         shift_vectors[gi, shifted] = gp.shift * dirs
 
