@@ -344,7 +344,7 @@ def check_loader_options(kind: str, options: Mapping[str, Any], base: Path | Non
 
 def _check_option(tp: Any, value: Any) -> Any:
     """Check a loader option against its annotation; types the settings checker does not know pass through."""
-    from phonefair.settings import _Bad
+    from phonefair.settings import InvalidValue
 
     args = typing.get_args(tp)
     known = (bool, int, float, str)
@@ -355,7 +355,7 @@ def _check_option(tp: Any, value: Any) -> Any:
         return value
     try:
         return check_value(tp, value)
-    except _Bad as exc:
+    except InvalidValue as exc:
         raise ValueError(exc.msg) from None
 
 

@@ -86,7 +86,7 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-class _Bad(Exception):
+class InvalidValue(ValueError):
     """A value does not match a type; ``msg`` is the complete explanation."""
 
     def __init__(self, msg: str) -> None:
@@ -106,12 +106,12 @@ def _range(v: float, meta: Mapping[str, Any]) -> None:
             rng = f"{'>' if open_ else '>='} {lo}"
         else:
             rng = f"{'<' if open_ else '<='} {hi}"
-        raise _Bad(f"expected a number {rng}, got {_show(v)}")
+        raise InvalidValue(f"expected a number {rng}, got {_show(v)}")
 
 
 def check_value(tp: Any, v: Any, meta: Mapping[str, Any] | None = None) -> Any:
     """Check ``v`` against the annotation ``tp`` (and range metadata); return it normalised (lists → tuples,
-    ints → floats where a float is expected). Raises :class:`_Bad` with the explanation."""
+    ints → floats where a float is expected). Raises :class:`InvalidValue` with the explanation."""
     meta = meta or {}
     origin = get_origin(tp)
     if tp is Any:
@@ -126,57 +126,57 @@ def check_value(tp: Any, v: Any, meta: Mapping[str, Any] | None = None) -> Any:
                 continue
             try:
                 return check_value(a, v, meta)
-            except _Bad as exc:
+            except InvalidValue as exc:
                 errors.append(exc.msg)
         if len(errors) == 1:
-            raise _Bad(errors[0])
-        raise _Bad(f"expected {_describe(tp)}, got {_show(v)}")
+            raise InvalidValue(errors[0])
+        raise InvalidValue(f"expected {_describe(tp)}, got {_show(v)}")
     if tp is bool:
         if not isinstance(v, bool):
-            raise _Bad(f"expected true or false, got {_show(v)}")
+            raise InvalidValue(f"expected true or false, got {_show(v)}")
         return v
     if tp is int:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise _Bad(f"expected an integer, got {_show(v)}")
+            raise InvalidValue(f"expected an integer, got {_show(v)}")
         _range(v, meta)
         return v
     if tp is float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _Bad(f"expected a number, got {_show(v)}")
+            raise InvalidValue(f"expected a number, got {_show(v)}")
         _range(float(v), meta)
         return float(v)
     if tp is str:
         if not isinstance(v, str) or not v.strip():
-            raise _Bad(f"expected a non-empty string, got {_show(v)}")
+            raise InvalidValue(f"expected a non-empty string, got {_show(v)}")
         return v
     if origin is Literal:
         choices = get_args(tp)
         if v not in choices or isinstance(v, bool):
             hint = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1) if isinstance(v, str) else []
             sugg = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise _Bad(f"expected one of {list(choices)}, got {_show(v)}{sugg}")
+            raise InvalidValue(f"expected one of {list(choices)}, got {_show(v)}{sugg}")
         return v
     if origin is tuple:
         item_tp = get_args(tp)[0]
         if not isinstance(v, (list, tuple)) or (meta.get("nonempty", True) and not v):
             what = "non-empty " if meta.get("nonempty", True) else ""
-            raise _Bad(f"expected a {what}{_describe(tp).removeprefix('a ')}, got {_show(v)}")
+            raise InvalidValue(f"expected a {what}{_describe(tp).removeprefix('a ')}, got {_show(v)}")
         out = []
         for i, x in enumerate(v):
             try:
                 out.append(check_value(item_tp, x, meta))
-            except _Bad as exc:
-                raise _Bad(f"expected {_describe(tp)}, got {_show(list(v))} (item {i}: {exc.msg})") from None
+            except InvalidValue as exc:
+                raise InvalidValue(f"expected {_describe(tp)}, got {_show(list(v))} (item {i}: {exc.msg})") from None
         if meta.get("unique", True) and len(set(out)) != len(out):
-            raise _Bad(f"list has duplicates: {_show(list(v))}")
+            raise InvalidValue(f"list has duplicates: {_show(list(v))}")
         return tuple(out)
     if origin in (Mapping, dict) or tp in (Mapping, dict):
         if not isinstance(v, Mapping):
-            raise _Bad(f"expected a table, got {_show(v)}")
+            raise InvalidValue(f"expected a table, got {_show(v)}")
         return dict(v)
     if isinstance(tp, type) and isinstance(v, tp):
         return v
-    raise _Bad(f"expected {_describe(tp)}, got {_show(v)}")
+    raise InvalidValue(f"expected {_describe(tp)}, got {_show(v)}")
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class Settings:
                 continue
             try:
                 v = check_value(hints[f.name], getattr(self, f.name), f.metadata)
-            except _Bad as exc:
+            except InvalidValue as exc:
                 raise ConfigError(f"{self.section or type(self).__name__} {f.name}: {exc.msg}") from None
             object.__setattr__(self, f.name, v)
         self.validate()
