@@ -355,6 +355,9 @@ def _token_ids(directory: Path, vocab_size: int) -> dict[str, int]:
     if tokens:
         eot = tokens.index("<|endoftext|>") if "<|endoftext|>" in tokens else eot
         sot = tokens.index("<|startoftranscript|>") if "<|startoftranscript|>" in tokens else sot
+    if max(eot, sot) >= vocab_size:
+        raise EncoderError(f"{directory}: cannot place Whisper's <|endoftext|>/<|startoftranscript|> tokens in a "
+                           f"vocabulary of {vocab_size} (no vocabulary.txt / vocabulary.json naming them)")
     return {"eos_token_id": eot, "bos_token_id": eot, "pad_token_id": eot, "decoder_start_token_id": sot}
 
 
