@@ -107,7 +107,7 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     corpus = short.with_tables(recordings=pd.concat([short.recordings, *[r for r, _ in longs]], ignore_index=True),
                                phones=pd.concat([short.phones, *[p for _, p in longs]], ignore_index=True))
     enc = load_encoder("bundled:whisper-tiny.en", layers=MIDDLE)
-    return {"corpus": corpus, "enc": enc, "cache": {}, "store": root / "store", "n": 0}
+    return {"corpus": corpus, "enc": enc, "cache": {}, "store": root / "store"}
 
 
 def _accuracy(c: dict[str, Any], *, shift_frames: int = 0, tag: str = "ok", grid: FrameGrid | None = None,
@@ -148,7 +148,7 @@ def _accuracy(c: dict[str, Any], *, shift_frames: int = 0, tag: str = "ok", grid
         w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ np.eye(len(classes))[yi])
         pred = classes[np.argmax(np.hstack([(x - mu) / sd, np.ones((len(x), 1), np.float32)]) @ w, axis=1)]
         out[layer] = {k: float((pred[m] == y[m]).mean()) for k, m in masks.items()}
-    c["n"] += 1
+    c["tokens"] = {"train": int((train & known).sum()), **{k: int(m.sum()) for k, m in masks.items()}}
     return out
 
 
@@ -166,7 +166,8 @@ def test_real_encoder_is_far_above_chance_and_long_audio_agrees(canary: dict[str
     tok = canary["corpus"].phones
     for name in (LONG_TRAIN, LONG_TEST):  # the long recordings really need a second window
         assert float(tok.loc[tok["recording_id"] == name, "end"].max()) > 30.0
-    print("\ncorrect bookkeeping:", {k: {p: round(v, 3) for p, v in d.items()} for k, d in correct.items()})
+    print("\ncorrect bookkeeping:", {k: {p: round(v, 3) for p, v in d.items()} for k, d in correct.items()},
+          "tokens:", canary["tokens"])
     chance = float(tok["phone"].value_counts(normalize=True).iloc[0])  # majority class
     assert chance < 0.15
     for layer in MIDDLE:
