@@ -21,7 +21,7 @@ _EXTRACT_EPILOG = """
 
 _EPILOG = """\
 examples:
-  phonefair demo --out demo-out          # synthetic corpus + tiny random encoder, a few minutes on a CPU
+  phonefair demo --out demo-out          # synthetic speech + real Whisper tiny.en (phonefair[demo]) or a tiny random model
   phonefair init --preset timit > my.toml
   phonefair validate my.toml             # check the config and the corpus before a long run
   phonefair run my.toml                  # everything; a rerun skips finished stages
@@ -72,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", help="comma-separated subset of: corpus,groups,extract,probe,analyze,report")
     r.add_argument("--out", type=Path, help="override [output] dir")
 
-    d = cmd("demo", "Synthetic multi-accent corpus + tiny random wav2vec2 through every stage. Shows the "
-                    "machinery, not a finding.", "example:\n  phonefair demo --out demo-out --quick")
+    d = cmd("demo", "Synthetic multi-accent corpus through every stage, with the real Whisper tiny.en when "
+                    "phonefair[demo] is installed (else a tiny random wav2vec2). Shows the machinery, not a finding.",
+            "example:\n  phonefair demo --out demo-out\n  phonefair demo --model tiny --quick   # the fast path")
     d.add_argument("--out", type=Path, default=Path("phonefair-demo"), help="output folder (default: %(default)s)")
+    d.add_argument("--model", choices=("auto", "real", "tiny"), default="auto",
+                   help="auto: the real Whisper tiny.en if installed, else the tiny random wav2vec2")
     d.add_argument("--quick", action="store_true", help="fewer speakers, seeds and resamples (about a minute)")
 
     v = cmd("validate", "Check a config and its corpus (or a corpus folder) and print the problems found.",
@@ -204,7 +207,7 @@ def _dispatch(args: argparse.Namespace, stages: object = None) -> int:
             sys.stdout.write(C.preset_text(args.preset))
         return EXIT_OK
     if args.command == "demo":
-        res = P.demo(args.out, quick=args.quick, progress=progress)
+        res = P.demo(args.out, model=args.model, quick=args.quick, progress=progress)
         _print_summary(res)
         return EXIT_OK
     if args.command == "synth":

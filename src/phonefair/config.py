@@ -88,6 +88,8 @@ class EncoderSettings(Settings):
     layers: str | tuple[str, ...] = setting("all", 'layers to extract: "all", "0-4,8" or a list')
     pooling: Literal["mean", "center", "middle_third"] = setting("mean", "frames -> one vector per phone")
     dtype: Literal["float16", "float32"] = setting("float16", "storage dtype of the embeddings")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = setting(
+        "float32", "dtype of the forward pass (bfloat16: ~2x faster on CPUs with AMX / on GPUs; part of the store key)")
     device: str = setting("auto", 'forward-pass device: "auto", "cpu", "cuda", "cuda:1"')
     batch_size: int = setting(8, "utterances per forward batch", min=1)
 
@@ -235,7 +237,7 @@ def encoder_name(model: str) -> str:
 
 
 def _is_local_model(model: str, base: Path | None) -> bool:
-    if ":" in model.split("/")[0]:  # tiny:, ct2:, bundled:, acoustic:
+    if model == "acoustic" or model.startswith(("tiny:", "bundled:", "acoustic:")):
         return False
     return model.startswith((".", "/", "~")) or (base is not None and (base / model).is_dir())
 
@@ -273,8 +275,11 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: s
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a table, got {raw!r}")
         raw = dict(raw)
-        if isinstance(raw.get("model"), str) and _is_local_model(raw["model"], base):
-            raw["model"] = resolve_path(raw["model"], base)  # a local directory, not a hub id
+        model = raw.get("model")
+        if isinstance(model, str) and model.startswith("ct2:") and base is not None:
+            raw["model"] = "ct2:" + resolve_path(model[4:], base)  # a CTranslate2 checkpoint folder
+        elif isinstance(model, str) and _is_local_model(model, base):
+            raw["model"] = resolve_path(model, base)  # a local directory, not a hub id
         try:
             enc = EncoderSettings.from_mapping(raw, required=("model",))
         except ConfigError as exc:

@@ -183,7 +183,8 @@ def resolve_encoder(enc: EncoderSettings, cfg: RunConfig, out_dir: Path) -> Any:
     model = enc.model
     if model.startswith("tiny:"):
         model = str(tiny_model_dir(model.split(":", 1)[1], out_dir, cfg.run.seed))
-    return load_encoder(model, revision=enc.revision, device=device_for(enc.device), layers=enc.layers)
+    return load_encoder(model, revision=enc.revision, device=device_for(enc.device), layers=enc.layers,
+                        dtype=enc.compute_dtype)
 
 
 def extract_store(corpus: Corpus, enc: EncoderSettings, cfg: RunConfig, out_dir: Path, progress: bool
