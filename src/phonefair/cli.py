@@ -282,6 +282,9 @@ def _validate(args: argparse.Namespace) -> int:
             cfg = replace(cfg, corpus=replace(cfg.corpus, check_audio="headers"))
         corpus = P.load_corpus(cfg, cfg.out_dir)
         problems, summary, ok, text = P.validate(corpus, cfg, progress=not args.quiet)
+        errors, warnings = P.preflight(corpus, cfg, cfg.out_dir)
+        text = "\n".join([text] + [f"error: {e}" for e in errors] + [f"warning: {w}" for w in warnings]).strip()
+        ok = ok and not errors
     else:
         if not (args.kind and args.root):
             raise _UsageError("validate needs CONFIG or both --kind and --root")

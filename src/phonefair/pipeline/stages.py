@@ -29,7 +29,7 @@ from phonefair.pipeline.inputs import describe_changes, file_fingerprint, finger
 from phonefair.store.base import EmbeddingSource
 
 __all__ = ["Log", "StageFunctions", "DEFAULT_STAGES", "load_corpus", "validate", "prepare_corpus", "assign",
-           "resolve_encoder", "extract_store", "extraction_kwargs", "device_for", "LazySource", "Prepared"]
+           "resolve_encoder", "extract_store", "extraction_kwargs", "device_for", "LazySource", "Prepared", "preflight"]
 
 
 class Log:
@@ -137,6 +137,44 @@ def assign(corpus: Corpus, cfg: RunConfig) -> tuple[pd.Series, pd.DataFrame, pd.
         raise DataError(f"no speaker group is usable ([groups] {cfg.groups.name}, min_speakers = "
                         f"{cfg.groups.min_speakers}): {why}")
     return a.groups.rename(cfg.groups.name), a.excluded, G.group_summary(corpus, a)
+
+
+def preflight(corpus: Corpus, cfg: RunConfig, out_dir: Path) -> tuple[list[str], list[str]]:
+    """Everything that would fail later, checked before any expensive step: the audit design (group sizes, the
+    reference, folds; pilot-sized groups are warnings) and every encoder (model found, layers, device).
+    Returns ``(errors, warnings)``, each a list of sentences naming the setting or group."""
+    from phonefair.audit.design import Design
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    try:
+        groups, _, _ = assign(corpus, cfg)
+        d = Design.build(_TokensOnly(corpus.phones), groups, reference=cfg.groups.reference,
+                         min_speakers=cfg.groups.min_speakers, exclude_phones=cfg.probes.exclude_phones,
+                         folds=cfg.probes.folds, repeats=cfg.probes.repeats, seed=cfg.run.seed)
+        warnings += d.warnings
+        if d.n_folds > d.n_speakers:
+            errors.append(f"[probes] folds = {cfg.probes.folds}: only {d.n_speakers} speakers are analysed")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence of the report
+        errors.append(f"[groups]: {exc}")
+    for enc in cfg.encoders:
+        try:
+            resolve_encoder(enc, cfg, out_dir)  # loads the model's configuration, not its weights
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"[[encoders]] {enc.name}: {exc}")
+    return errors, warnings
+
+
+class _TokensOnly:
+    """An embedding source with tokens and no vectors (the design needs only the token table)."""
+
+    def __init__(self, tokens: pd.DataFrame) -> None:
+        self.tokens = tokens
+        self.layers: list[str] = []
+        self.provenance: dict[str, Any] = {}
+
+    def read(self, layer: str, rows: Any = None) -> np.ndarray:  # pragma: no cover - never called
+        raise RuntimeError("a token-only source has no vectors")
 
 
 # ---------------------------------------------------------------------------------------------- encoders
