@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Caveat", "automatic_caveats", "PILOT_SPEAKERS", "LOW_POWER_PP"]
+__all__ = ["LOW_POWER_PP", "PILOT_SPEAKERS", "Caveat", "automatic_caveats"]
 
 #: groups with fewer speakers make a pilot design (as phonefair.audit.design.PILOT_SPEAKERS)
 PILOT_SPEAKERS = 5

@@ -33,9 +33,22 @@ from phonefair.report.style import (
     styled,
 )
 
-__all__ = ["BASELINE_X", "layer_positions", "layer_curves", "accuracy_by_layer", "gap_by_layer",
-           "mechanism_shares", "transfer_matrix", "identity_by_layer", "phone_gaps_figure", "variance_vs_accuracy",
-           "figure_to_base64", "save_figure", "plain_text", "group_colors"]
+__all__ = [
+    "BASELINE_X",
+    "accuracy_by_layer",
+    "figure_to_base64",
+    "gap_by_layer",
+    "group_colors",
+    "identity_by_layer",
+    "layer_curves",
+    "layer_positions",
+    "mechanism_shares",
+    "phone_gaps_figure",
+    "plain_text",
+    "save_figure",
+    "transfer_matrix",
+    "variance_vs_accuracy",
+]
 
 #: relative depth of non-hierarchical feature sets (the acoustic baseline): "layer −1"
 BASELINE_X = relative_depth("baseline", [])

@@ -13,8 +13,21 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["MISSING", "e", "finite", "num", "pct", "pp", "ci", "est_ci", "pval", "html_table", "df_table",
-           "swatch", "MAX_ROWS"]
+__all__ = [
+    "MAX_ROWS",
+    "MISSING",
+    "ci",
+    "df_table",
+    "e",
+    "est_ci",
+    "finite",
+    "html_table",
+    "num",
+    "pct",
+    "pp",
+    "pval",
+    "swatch",
+]
 
 MISSING = "\u2013"
 MINUS = "\u2212"

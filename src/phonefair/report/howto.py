@@ -12,7 +12,7 @@ import pandas as pd
 from phonefair.layers import describe_layer, layer_order
 from phonefair.report.fmt import e, html_table, pct
 
-__all__ = ["howto_section", "VERDICT_MEANINGS", "READING_MEANINGS", "QUANTITIES"]
+__all__ = ["QUANTITIES", "READING_MEANINGS", "VERDICT_MEANINGS", "howto_section"]
 
 VERDICT_MEANINGS: dict[str, str] = {
     "not served worse": "no other group is significantly more accurate on this group's speakers at any layer "
@@ -37,35 +37,48 @@ READING_MEANINGS: dict[str, str] = {
 }
 #: (quantity, definition, unit, sign)
 QUANTITIES: list[tuple[str, str, str, str]] = [
-    ("accuracy", "a linear phone probe's accuracy on a speaker's tokens, cross-fitted (probes never see the speakers "
-     "they are tested on), phone frequencies standardised to the corpus's; a group's accuracy is the mean over its "
-     "speakers", "%", "0–100; chance = majority class"),
-    ("gap", "A_ref − A_g: the reference group's accuracy (or, without a reference, the mean of the other groups') "
-     "minus the group's", "percentage points (pp)", "+ = served worse; − = served better"),
-    ("served worse than", "for each group this one is significantly worse than: that group's accuracy minus this "
-     "one's, at the verdict layer (the pairwise numbers behind the verdict; the gap to the mean of the others can be "
-     "small when a group is worse than one group only)", "pp", "+ = the other group is served better"),
-    ("MDE (minimum detectable effect)", "(c_α + z₀.₈) × SE(gap): the gap the served-worse test would detect with "
-     "80 % power at the family-wise level; given for groups not served worse", "pp", "≥ 0"),
-    ("systematic excess", "squared distance between the group's phone means and the comparison groups' (summed over "
-     "embedding dimensions, averaged over phones); an unbiased U-statistic", "squared embedding units",
-     "can be < 0 when the true value is near 0"),
-    ("random excess", "how much farther (expected squared distance) a token lies from its own group's phone mean "
-     "than the comparison groups' tokens from theirs: D × (between- + within-speaker variance difference)",
+    ("accuracy",
+     ("a linear phone probe's accuracy on a speaker's tokens, cross-fitted (probes never see the speakers they are "
+      "tested on), phone frequencies standardised to the corpus's; a group's accuracy is the mean over its speakers"),
+     "%", "0–100; chance = majority class"),
+    ("gap",
+     ("A_ref − A_g: the reference group's accuracy (or, without a reference, the mean of the other groups') minus "
+      "the group's"),
+     "percentage points (pp)", "+ = served worse; − = served better"),
+    ("served worse than",
+     ("for each group this one is significantly worse than: that group's accuracy minus this one's, at the verdict "
+      "layer (the pairwise numbers behind the verdict; the gap to the mean of the others can be small when a group "
+      "is worse than one group only)"),
+     "pp", "+ = the other group is served better"),
+    ("MDE (minimum detectable effect)",
+     ("(c_α + z₀.₈) × SE(gap): the gap the served-worse test would detect with 80 % power at the family-wise level; "
+      "given for groups not served worse"),
+     "pp", "≥ 0"),
+    ("systematic excess",
+     ("squared distance between the group's phone means and the comparison groups' (summed over embedding "
+      "dimensions, averaged over phones); an unbiased U-statistic"),
+     "squared embedding units", "can be < 0 when the true value is near 0"),
+    ("random excess",
+     ("how much farther (expected squared distance) a token lies from its own group's phone mean than the "
+      "comparison groups' tokens from theirs: D × (between- + within-speaker variance difference)"),
      "squared embedding units (same as above)", "< 0 = the group is less scattered"),
-    ("systematic share", "sys⁺ / (sys⁺ + rand⁺), x⁺ = max(x, 0): which kind of error makes the group's tokens "
-     "farther from where the others' are", "%", "0 = all random, 100 = all systematic"),
-    ("in-group benefit", "accuracy on a group of a probe trained on that group only minus a probe trained on "
-     "everyone, both size-matched", "pp", "+ = the group's own probe reads it better (sign of a shift)"),
+    ("systematic share",
+     ("sys⁺ / (sys⁺ + rand⁺), x⁺ = max(x, 0): which kind of error makes the group's tokens farther from where the "
+      "others' are"),
+     "%", "0 = all random, 100 = all systematic"),
+    ("in-group benefit",
+     "accuracy on a group of a probe trained on that group only minus a probe trained on everyone, both size-matched",
+     "pp", "+ = the group's own probe reads it better (sign of a shift)"),
     ("amplification", "the encoder's gap minus the acoustic baseline's gap on the same speakers", "pp",
      "+ = the encoder widens the gap"),
     ("group identity", "balanced accuracy of a probe that predicts a phone token's speaker group", "%",
      "chance = 100 / number of groups"),
     ("speaker identity", "accuracy of a closed-set speaker probe on held-out recordings", "%",
      "chance = 100 / number of speakers"),
-    ("normalised variance, ρ, rank agreement", "a speaker's phone-token scatter around its own phone means relative "
-     "to the phone's typical scatter; Spearman ρ with accuracy over speakers; Kendall τ between the group rankings "
-     "by variance and by error", "ratio; −1…1", "ρ < 0 = noisier speakers are less accurate"),
+    ("normalised variance, ρ, rank agreement",
+     ("a speaker's phone-token scatter around its own phone means relative to the phone's typical scatter; "
+      "Spearman ρ with accuracy over speakers; Kendall τ between the group rankings by variance and by error"),
+     "ratio; −1…1", "ρ < 0 = noisier speakers are less accurate"),
     ("PER (fine-tuning)", "phone error rate: (substitutions + deletions + insertions) / reference phones", "%",
      "can exceed 100 % (more edits than phones)"),
 ]
@@ -97,8 +110,8 @@ def _layers_html(tables: Mapping[str, pd.DataFrame], encoders: list[str], baseli
         for x in layers:
             key = "1…L" if x.isdigit() and x != "0" else ("L_norm" if x.endswith("_norm") else x)
             kinds.setdefault(key, "hidden state i: output of transformer layer i" if key == "1…L" else
-                             f"output of the last transformer layer after the encoder's final LayerNorm "
-                             f"(stable-layer-norm models)" if key == "L_norm" else describe_layer(x))
+                             "output of the last transformer layer after the encoder's final LayerNorm "
+                             "(stable-layer-norm models)" if key == "L_norm" else describe_layer(x))
     meaning = "".join(f"<li><code>{e(k)}</code>: {e(v)}</li>" for k, v in kinds.items())
     return (html_table(["encoder", "layers"], rows) + f"<ul class='small'>{meaning}</ul><p class='small'>Curves of "
             "several encoders share the axis <i>relative depth</i> = i / L (0 = hidden state 0, 1 = the last layer; "

@@ -22,12 +22,24 @@ import pandas as pd
 from phonefair.layers import describe_layer, layer_order
 from phonefair.report import figures as F
 from phonefair.report.caveats import Caveat, automatic_caveats
-from phonefair.report.fmt import MISSING, df_table, e, est_ci, finite, html_table, num, pct, pp, pval, swatch
+from phonefair.report.fmt import (
+    MISSING,
+    df_table,
+    e,
+    est_ci,
+    finite,
+    html_table,
+    num,
+    pct,
+    pp,
+    pval,
+    swatch,
+)
 from phonefair.report.howto import howto_section
 from phonefair.report.style import FIGURE_FORMATS, group_colors
 from phonefair.report.tables import export_headline_tables
 
-__all__ = ["write_report", "DEMO_BANNER", "SECTIONS", "COMPARISON_TABLES"]
+__all__ = ["COMPARISON_TABLES", "DEMO_BANNER", "SECTIONS", "write_report"]
 
 DEMO_BANNER = "Synthetic speech + random tiny encoder: shows the machinery, not a finding."
 
@@ -162,7 +174,7 @@ class _Ctx:
         self.saved += paths
         data = base64.b64encode(paths[0].read_bytes()).decode("ascii")  # the saved PNG, not a second rendering
         self.n_fig += 1
-        width = int(round(fig.get_size_inches()[0] * _PX_PER_IN))  # every figure at the same text size
+        width = round(float(fig.get_size_inches()[0]) * _PX_PER_IN)  # every figure at the same text size
         return (f'<figure style="width:{width}px"><img alt="{e(alt)}" src="data:image/png;base64,{data}">'
                 f"<figcaption><b>Figure {self.n_fig}.</b> {caption} <span class='muted'>(figures/{e(stem)}."
                 f"{' / .'.join(reversed(self.formats))})</span></figcaption></figure>")
@@ -779,10 +791,11 @@ def _comparison(c: _Ctx) -> str | None:
     layer = c.headline.get(before)
     if layer is None and ca is not None:
         layer = layer_order(ca["layer"])[-1]
-    parts = [f"<p>Original encoder <b>{e(before)}</b> against {len(afters)} variant(s): "
-             f"{', '.join(f'<b>{e(a)}</b>' for a in afters)}; the same speakers and folds, so every change pairs "
-             f"speaker by speaker. At the original's headline layer <b>{e(layer)}</b>; every layer in "
-             "tables/change_*.csv.</p>"]
+    names = ", ".join(f"<b>{e(a)}</b>" for a in afters)
+    intro = (f"<p>Original encoder <b>{e(before)}</b> against {len(afters)} variant(s): {names}; the same speakers "
+             f"and folds, so every change pairs speaker by speaker. At the original's headline layer "
+             f"<b>{e(layer)}</b>; every layer in tables/change_*.csv.</p>")
+    parts = [intro]
     parts.append(_side_by_side(c, before, afters, layer))
     parts.append(_mechanism_changes(c, afters, layer))
     if cg is not None:
@@ -864,27 +877,23 @@ def _mechanism_changes(c: _Ctx, afters: list[str], layer: str | None) -> str:
     rows = []
     cs, cv, cb = c.t("change_shift"), c.t("change_variance"), c.t("change_benefit")
     groups = sorted({str(g) for t in (cs, cv, cb) if t is not None for g in t["group"]})
+    def pick(t: pd.DataFrame | None, a: str, g: str, space: str | None = None) -> str:
+        """``change [ci]`` of variant ``a`` and group ``g`` at the layer (and space), "–" when absent."""
+        if t is None:
+            return MISSING
+        d = t[(t["after"].astype(str) == a) & (t["group"].astype(str) == g) & (t["layer"].astype(str) == str(layer))]
+        if space is not None and "space" in d.columns:
+            d = d[d["space"].astype(str) == space]
+        if d.empty:
+            return MISSING
+        r = d.iloc[0]
+        digits, scale = (1, 100.0) if t is cb else (3, 1.0)
+        return est_ci(r["change"], r["ci_low"], r["ci_high"], digits, scale=scale, sign=True)
+
     for a in afters:
         for g in groups:
-            def pick(t: pd.DataFrame | None, space: str | None = None) -> pd.DataFrame:
-                if t is None:
-                    return pd.DataFrame()
-                d = t[(t["after"].astype(str) == a) & (t["group"].astype(str) == g)
-                      & (t["layer"].astype(str) == str(layer))]
-                if space is not None and "space" in d.columns:
-                    d = d[d["space"].astype(str) == space]
-                return d
-
-            cells = [e(a), c.group_cell(g)]
-            for t in (pick(cs, "raw"), pick(cs, "lda")):
-                cells.append(est_ci(t["change"].iloc[0], t["ci_low"].iloc[0], t["ci_high"].iloc[0], 3, scale=1.0,
-                                    sign=True) if len(t) else MISSING)
-            t = pick(cv, "raw")
-            cells.append(est_ci(t["change"].iloc[0], t["ci_low"].iloc[0], t["ci_high"].iloc[0], 3, scale=1.0,
-                                sign=True) if len(t) else MISSING)
-            t = pick(cb)
-            cells.append(est_ci(t["change"].iloc[0], t["ci_low"].iloc[0], t["ci_high"].iloc[0], sign=True)
-                         if len(t) else MISSING)
+            cells = [e(a), c.group_cell(g), pick(cs, a, g, "raw"), pick(cs, a, g, "lda"), pick(cv, a, g, "raw"),
+                     pick(cb, a, g)]
             rows.append(cells)
     if not rows:
         return ""

@@ -22,14 +22,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report is written on servers and in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from phonefair.layers import layer_order, relative_depth  # noqa: E402
-from phonefair.report.style import group_colors  # noqa: E402
+from phonefair.layers import layer_order, relative_depth
+from phonefair.report.style import group_colors
 
 __all__ = ["identity_by_depth", "identity_by_depth_grid"]
 

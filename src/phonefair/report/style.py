@@ -23,13 +23,26 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report is written on servers and in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
-__all__ = ["COLUMN_WIDTH_IN", "BASELINE_COLOR", "NEUTRAL", "group_colors", "encoder_styles", "paper_style",
-           "plain_text", "styled", "new_figure", "save_figure", "figure_to_base64", "FIGURE_FORMATS", "PNG_DPI"]
+__all__ = [
+    "BASELINE_COLOR",
+    "COLUMN_WIDTH_IN",
+    "FIGURE_FORMATS",
+    "NEUTRAL",
+    "PNG_DPI",
+    "encoder_styles",
+    "figure_to_base64",
+    "group_colors",
+    "new_figure",
+    "paper_style",
+    "plain_text",
+    "save_figure",
+    "styled",
+]
 
 #: width of one column of a two-column paper (ACL, Interspeech, IEEE), inches
 COLUMN_WIDTH_IN = 3.3
@@ -97,7 +110,7 @@ def new_figure(height_in: float, width_in: float = COLUMN_WIDTH_IN) -> Figure:
 
 
 @styled
-def figure_to_base64(fig: Figure, dpi: int = 200) -> str:  # noqa: D401 - kept for callers outside the report
+def figure_to_base64(fig: Figure, dpi: int = 200) -> str:
     """PNG bytes of ``fig`` as base64 text (for an ``<img src="data:...">``)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

@@ -24,7 +24,7 @@ from phonefair.io import write_table
 from phonefair.report.fmt import MISSING, est_ci, finite, num
 from phonefair.report.latex import latex_table
 
-__all__ = ["export_headline_tables", "verdict_rows", "group_accuracy_headline", "change_headline"]
+__all__ = ["change_headline", "export_headline_tables", "group_accuracy_headline", "verdict_rows"]
 
 
 def _write_tex(path: Path, text: str) -> Path:
