@@ -192,6 +192,8 @@ def test_shares_figure_agrees_with_its_table(audit: Audit, rendered: tuple[Path,
     labels = [t.get_text() for t in share_ax.get_yticklabels()]
     ys = lines["share_systematic"].get_ydata()
     assert [labels[[float(t) for t in share_ax.get_yticks()].index(y)] for y in ys] == rows["label"].tolist()
+    heads = [t.get_text() for t in share_ax.texts]
+    assert heads == list(dict.fromkeys(rows["block"]))
     np.testing.assert_allclose(lines["share_systematic"].get_xdata(), 100 * rows["share_systematic"], rtol=1e-12)
     np.testing.assert_allclose(lines["systematic_excess"].get_xdata(), rows["systematic_excess"], rtol=1e-12)
     np.testing.assert_allclose(lines["random_excess"].get_xdata(), rows["random_excess"], rtol=1e-12)

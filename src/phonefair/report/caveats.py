@@ -48,8 +48,8 @@ def automatic_caveats(summary: Mapping[str, Any], tables: Mapping[str, pd.DataFr
     if tiny:
         names = ", ".join(f"{n} ({m})" for n, m in tiny.items())
         out.append(Caveat("warning", f"Random encoder: {names} {'is a' if len(tiny) == 1 else 'are'} tiny model"
-                                     f"{'' if len(tiny) == 1 else 's'} with random weights, built for tests and "
-                                     "demos. Nothing here describes a pretrained encoder."))
+                                     f"{'' if len(tiny) == 1 else 's'} with random weights (for tests and demos): "
+                                     "nothing here describes a pretrained encoder."))
     out += _small_groups(summary)
     out += _per_above_one(tables.get("finetune_per"))
     out += _low_power(summary)
@@ -74,8 +74,8 @@ def _small_groups(summary: Mapping[str, Any]) -> list[Caveat]:
         return []
     lst = ", ".join(f"{g} ({n})" for g, n in sorted(small.items()))
     return [Caveat("warning", f"Few speakers: {lst} {'has' if len(small) == 1 else 'have'} fewer than "
-                              f"{PILOT_SPEAKERS} speakers. Speakers are the unit of every interval and test, so "
-                              "intervals are wide and only large gaps can be detected: a pilot, not an audit.")]
+                              f"{PILOT_SPEAKERS} speakers, the unit of every interval and test: a pilot, with wide "
+                              "intervals, in which only large gaps can be detected.")]
 
 
 def _low_power(summary: Mapping[str, Any]) -> list[Caveat]:
@@ -90,10 +90,10 @@ def _low_power(summary: Mapping[str, Any]) -> list[Caveat]:
                 parts.append(f"{v['group']} ({enc}: {100 * mde:.1f} pp)")
     if not parts:
         return []
-    return [Caveat("note", "Low power: no disadvantage is detected for " + ", ".join(parts[:8])
+    return [Caveat("note", "Low power: nothing is detected for " + ", ".join(parts[:8])
                    + (f" and {len(parts) - 8} more" if len(parts) > 8 else "")
-                   + f", but only a gap at least this large would have been detected with 80 % power (above "
-                   f"{LOW_POWER_PP:.0f} pp). Not detected is not the same as absent.")]
+                   + ", but only a gap at least this large (the minimum detectable effect, 80 % power) would have "
+                   "been found. Not detected is not absent.")]
 
 
 def _per_above_one(per: pd.DataFrame | None) -> list[Caveat]:

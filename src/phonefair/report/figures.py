@@ -165,12 +165,14 @@ def layer_curves(table: pd.DataFrame | None, *, est: str, lo: str, hi: str, ylab
             if mark_layers and enc in mark_layers and str(mark_layers[enc]) in set(d["layer"]):
                 r = d[d["layer"] == str(mark_layers[enc])].iloc[0]
                 ax.plot([r["_x"]], [scale * float(r[est])], marker="o", ms=7, mfc="none", mec=cols[g], mew=0.8)
-    for g in groups:
+    for k, g in enumerate(groups):
         b = base[base["group"] == g]
         if len(b):
             r = b.iloc[0]
             y, ylo, yhi = (scale * float(r[c]) for c in (est, lo, hi))
-            panel_of[g].errorbar([BASELINE_SLOT], [y], yerr=[[max(y - ylo, 0)], [max(yhi - y, 0)]], fmt="s",
+            # one panel for every group: spread the groups' baseline points so their bars do not hide each other
+            dx = (k - (len(groups) - 1) / 2) * min(0.05, 0.16 / max(len(groups), 1)) if single else 0.0
+            panel_of[g].errorbar([BASELINE_SLOT + dx], [y], yerr=[[max(y - ylo, 0)], [max(yhi - y, 0)]], fmt="s",
                                  color=cols[g], mec="black", mew=0.5, capsize=2, ms=4, gid=f"{baseline}|{g}|{est}")
     multi_layers = None if not single else list(_select(df, encoder_col, encs[0])["layer"].unique())
     for ax in axes:
@@ -183,8 +185,12 @@ def layer_curves(table: pd.DataFrame | None, *, est: str, lo: str, hi: str, ylab
     if not single:
         for g, ax in panel_of.items():
             ax.set_title(g, color=cols[g], fontweight="bold")
-    fig.supxlabel("layer" if single else "relative depth (0 = hidden state 0, 1 = last layer)", fontsize=7)
-    fig.supylabel(ylabel, fontsize=7)
+    if single:
+        axes[0].set_xlabel("layer")
+        axes[0].set_ylabel(ylabel)
+    else:
+        fig.supxlabel("relative depth (0 = hidden state 0, 1 = last layer)", fontsize=7)
+        fig.supylabel(ylabel, fontsize=7)
     handles: list[Any] = []
     if single:
         handles += [Line2D([], [], color=cols[g], marker=styles[encs[0]]["marker"], label=g) for g in groups]
@@ -201,8 +207,8 @@ def layer_curves(table: pd.DataFrame | None, *, est: str, lo: str, hi: str, ylab
                               label="headline layer"))
     if legend_ax is not None:  # the free panel of the grid holds the legend
         legend_ax.legend(handles=handles, loc="center", handlelength=2.4)
-    else:
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 3), handlelength=2.4)
+    else:  # under the axes (their x label is the axes', so the two cannot overlap), two columns fit 3.3 in
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2), handlelength=2.4)
     if title:
         fig.suptitle(title)
     return fig
@@ -225,24 +231,24 @@ def gap_by_layer(group_accuracy: pd.DataFrame | None, *, baseline: str | None = 
     """Each group's gap ``A_ref − A_g`` (percentage points; positive = served worse) across depth with Welch
     bands, and the acoustic baseline's gap at "layer −1"."""
     return layer_curves(group_accuracy, est="gap", lo="gap_ci_low", hi="gap_ci_high",
-                        ylabel="gap to the others (pp; + = served worse)", zero_line=True, baseline=baseline,
+                        ylabel="gap (pp; + = served worse)", zero_line=True, baseline=baseline,
                         baseline_layer=baseline_layer, colors=colors, mark_layers=mark_layers)
 
 
 def shares_rows(shares: pd.DataFrame) -> pd.DataFrame:
-    """The rows of :func:`mechanism_shares` in drawing order (top to bottom): by encoder, group, space, with a short
-    ``label`` ("C @ 0, lda") and a full ``row`` name ("enc · C @ 0 (lda)") for tables."""
+    """The rows of :func:`mechanism_shares` in drawing order (top to bottom): by encoder, group, space, with the
+    block they belong to (``block``: "encoder · group"), a short ``label`` ("layer 0, lda") and a full ``row`` name
+    ("encoder · group @ 0 (lda)") for tables."""
     s = shares.copy()
     if "encoder" not in s.columns:
         s["encoder"] = ""
     order = list(dict.fromkeys(s["encoder"].astype(str)))
     s = s.assign(_enc=s["encoder"].astype(str).map(order.index), _space=s["space"].astype(str))
     s = s.sort_values(["_enc", "group", "_space"], kind="stable").reset_index(drop=True)
-    s["label"] = [f"{g} @ {layer}, {sp}" for g, layer, sp in
-                  zip(s["group"].astype(str), s["layer"].astype(str), s["_space"], strict=True)]
-    s["row"] = [(f"{enc} · " if enc else "") + f"{g} @ {layer} ({sp})" for enc, g, layer, sp in
-                zip(s["encoder"].astype(str), s["group"].astype(str), s["layer"].astype(str), s["_space"],
-                    strict=True)]
+    enc, grp, lay = s["encoder"].astype(str), s["group"].astype(str), s["layer"].astype(str)
+    s["block"] = [(f"{e} · " if e else "") + g for e, g in zip(enc, grp, strict=True)]
+    s["label"] = [f"layer {x}, {sp}" for x, sp in zip(lay, s["_space"], strict=True)]
+    s["row"] = [f"{b} @ {x} ({sp})" for b, x, sp in zip(s["block"], lay, s["_space"], strict=True)]
     return s.drop(columns=["_enc", "_space"])
 
 
@@ -253,34 +259,26 @@ def mechanism_shares(shares: pd.DataFrame | None, *, colors: Mapping[str, str] |
     left, the systematic share ``sys⁺ / (sys⁺ + rand⁺)`` in % with its speaker-bootstrap interval; right, the two
     excesses it is made of, in the same unit (squared distance summed over dimensions): the systematic excess (filled
     circle) and the random excess (open square), each with its interval. The estimates are unbiased, so an excess near
-    zero can come out negative; it is drawn where it is, left of the zero line (the share counts it as 0). Rows are
-    grouped by encoder (bold headers); row labels are in the group's colour.
+    zero can come out negative; it is drawn where it is, left of the zero line (the share counts it as 0). Rows come in
+    blocks of one (encoder, group), headed by its name in the group's colour.
     """
     need = {"group", "layer", "space", "share_systematic", "systematic_excess", "random_excess"}
     if shares is None or shares.empty or not need <= set(shares.columns):
         return None
     s = shares_rows(shares)
     cols = dict(colors) if colors else group_colors(s["group"].astype(str))
-    encs = list(dict.fromkeys(s["encoder"].astype(str)))
-    headers = len(encs) > 1 or encs != [""]
-    # y positions top to bottom, one extra slot per encoder header
-    ys, ticks, labels, label_colors = [], [], [], []
+    # y positions top to bottom: a header slot per (encoder, group) block, then its rows
+    ys: list[float] = []
+    heads: list[tuple[float, str, str]] = []
     y = 0.0
-    for enc in encs:
-        if headers:
-            ticks.append(y)
-            labels.append(enc)
-            label_colors.append(None)
-            y -= 1
-        for r in s[s["encoder"].astype(str) == enc].itertuples():
+    for block, d in s.groupby("block", sort=False):
+        heads.append((y, str(block), cols[str(d["group"].iloc[0])]))
+        y -= 1
+        for _ in range(len(d)):
             ys.append(y)
-            ticks.append(y)
-            labels.append(str(r.label))
-            label_colors.append(cols[str(r.group)])
             y -= 1
     yv = np.array(ys)
-    n_slots = len(ticks)
-    fig = new_figure(0.75 + 0.17 * n_slots)
+    fig = new_figure(0.75 + 0.17 * (len(ys) + len(heads)))
     ax_share, ax_ex = fig.subplots(1, 2, sharey=True, width_ratios=[1, 1.3])
 
     def points(ax: Axes, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, yy: np.ndarray, **kw: Any) -> None:
@@ -296,13 +294,12 @@ def mechanism_shares(shares: pd.DataFrame | None, *, colors: Mapping[str, str] |
     ax_share.set_xticks([0, 50, 100])
     ax_share.axvline(50, color="#e5e5e5", lw=0.6, zorder=0)
     ax_share.set_xlabel("systematic share (%)")
-    ax_share.set_yticks(ticks, labels)
-    for lab, c in zip(ax_share.get_yticklabels(), label_colors, strict=True):
-        if c is None:
-            lab.set_fontweight("bold")
-        else:
-            lab.set_color(c)
+    ax_share.set_yticks(yv, s["label"])
     ax_share.tick_params(axis="y", length=0)
+    for yh, text, color in heads:  # block header on its own (empty) row, running across both panels
+        ax_share.annotate(text, xy=(0, yh), xycoords=("axes fraction", "data"), xytext=(2, 0),
+                          textcoords="offset points", ha="left", va="center", fontweight="bold", color=color,
+                          annotation_clip=False, in_layout=False)
     dy = 0.16
     points(ax_ex, s["systematic_excess"].to_numpy(float), s["systematic_excess_ci_low"].to_numpy(float),
            s["systematic_excess_ci_high"].to_numpy(float), yv + dy, marker="o", color=NEUTRAL, ms=3.5,
@@ -311,7 +308,7 @@ def mechanism_shares(shares: pd.DataFrame | None, *, colors: Mapping[str, str] |
            s["random_excess_ci_high"].to_numpy(float), yv - dy, marker="s", color=NEUTRAL, mfc="white", ms=3.5,
            label="random excess", gid="random_excess")
     ax_ex.axvline(0, color="grey", lw=0.6)
-    ax_ex.set_xlabel("excess squared distance\n(summed over dimensions)")
+    ax_ex.set_xlabel("excess squared dist.\n(sum over dimensions)")
     ax_share.set_ylim(y + 0.5, 0.5)
     fig.legend(handles=[Line2D([], [], ls="none", marker="o", color=NEUTRAL, label="systematic excess"),
                         Line2D([], [], ls="none", marker="s", color=NEUTRAL, mfc="white", label="random excess")],
@@ -481,7 +478,7 @@ def phone_gaps_figure(phone_gaps: pd.DataFrame | None, *, top: int = 10,
         ax.axvline(0, color="grey", lw=0.6)
         ax.set_yticks(y, d["phone"].astype(str))
         layer = str(d["layer"].iloc[0]) if len(d) else ""
-        ax.set_title((f"{enc} · " if enc else "") + f"{g} @ layer {layer}", color=cols[g])
+        ax.set_title((f"{enc}\n" if enc else "") + f"{g} @ {layer}", color=cols[g], fontsize=6.5)
     fig.supxlabel("per-phone gap (pp; filled = significant, BH)", fontsize=7)
     return fig
 

@@ -78,7 +78,7 @@ margin:1.6em 0 .5em}h3{font-size:1.04em;margin:1em 0 .3em}
 p{margin:.35em 0}.muted{color:#666}.small{font-size:.86em}.na{color:#888;font-style:italic}
 nav{font-size:.8em;line-height:1.7;margin:.2em 0 .6em;color:#555}nav a{margin-right:.8em;color:#2456a6;
 text-decoration:none;white-space:nowrap}
-.caveat{border-left:4px solid;padding:.3em .7em;margin:.25em 0;border-radius:3px;font-size:.9em}
+.caveat{border-left:4px solid;padding:.2em .7em;margin:.2em 0;border-radius:3px;font-size:.86em;line-height:1.35}
 .caveat.warning{background:var(--warn-bg);border-color:var(--warn-bd)}
 .caveat.note{background:var(--note-bg);border-color:var(--note-bd)}
 .caveat b{margin-right:.3em}
