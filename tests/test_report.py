@@ -9,6 +9,7 @@ import html as html_lib
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,11 @@ def audit() -> Audit:
 @pytest.fixture(scope="module")
 def rendered(audit: Audit, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("report")
-    path = audit.report(out, title="Test <report>", caveats=["a caveat"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = audit.report(out, title="Test <report>", caveats=["a caveat"])
+    # a figure whose layout collapses when saved at a second resolution (PNG, then PDF) is drawn wrong in the PDF
+    assert not [w for w in caught if "constrained_layout" in str(w.message)], [str(w.message) for w in caught]
     return path, path.read_text()
 
 
@@ -187,19 +192,33 @@ def test_shares_figure_agrees_with_its_table(audit: Audit, rendered: tuple[Path,
     assert len(shares) >= 2  # group C, raw and LDA space, per encoder
     fig = F.mechanism_shares(shares)
     rows = F.shares_rows(shares)
-    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
-    share_ax = next(ax for ax in fig.axes if any(ln.get_gid() == "share_systematic" for ln in ax.get_lines()))
-    labels = [t.get_text() for t in share_ax.get_yticklabels()]
-    ys = lines["share_systematic"].get_ydata()
-    assert [labels[[float(t) for t in share_ax.get_yticks()].index(y)] for y in ys] == rows["label"].tolist()
-    heads = [t.get_text() for t in share_ax.texts]
-    assert heads == list(dict.fromkeys(rows["block"]))
-    np.testing.assert_allclose(lines["share_systematic"].get_xdata(), 100 * rows["share_systematic"], rtol=1e-12)
-    np.testing.assert_allclose(lines["systematic_excess"].get_xdata(), rows["systematic_excess"], rtol=1e-12)
-    np.testing.assert_allclose(lines["random_excess"].get_xdata(), rows["random_excess"], rtol=1e-12)
+
+    def plotted(gid: str, coord: str = "x") -> tuple[np.ndarray, list[object]]:
+        """Values of the artists ``gid`` in figure order (panel by panel), with their axes."""
+        lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == gid]
+        data = [ln.get_xdata() if coord == "x" else ln.get_ydata() for ln in lines]
+        return np.concatenate(data), [ln.axes for ln in lines for _ in range(len(ln.get_xdata()))]
+
+    share, share_axes = plotted("share_systematic")
+    np.testing.assert_allclose(share, 100 * rows["share_systematic"], rtol=1e-12)
+    np.testing.assert_allclose(plotted("systematic_excess")[0], rows["systematic_excess"], rtol=1e-12)
+    np.testing.assert_allclose(plotted("random_excess")[0], rows["random_excess"], rtol=1e-12)
+    # each point sits on the row named like the table row: read the y tick label at the point's height
+    ys = plotted("share_systematic", "y")[0]
+    names = [next(t.get_text() for t in ax.get_yticklabels() if np.isclose(t.get_position()[1], y))
+             for ax, y in zip(share_axes, ys, strict=True)]
+    assert names == rows["label"].tolist()
+    # one pair of panels per (encoder, group), titled with both; the distance axis is never shared across encoders
+    titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert titles == list(dict.fromkeys(rows["block"]))
+    ex_axes = [ln.axes for ln in (ln for ax in fig.axes for ln in ax.get_lines()) if ln.get_gid() == "random_excess"]
+    blocks = list(dict.fromkeys(zip(rows["encoder"], rows["block"])))
+    for (enc_a, _), ax_a in zip(blocks, ex_axes, strict=True):
+        for (enc_b, _), ax_b in zip(blocks, ex_axes, strict=True):
+            assert (ax_a is ax_b or ax_a.get_shared_x_axes().joined(ax_a, ax_b)) == (enc_a == enc_b)
     # same row, same height: each row's three numbers are one row of the table
-    np.testing.assert_allclose(lines["systematic_excess"].get_ydata() - lines["random_excess"].get_ydata(),
-                               0.32, atol=1e-9)
+    np.testing.assert_allclose(plotted("systematic_excess", "y")[0] - plotted("random_excess", "y")[0], 0.32,
+                               atol=1e-9)
     # the table printed under the figure holds the same numbers as the figure (same order)
     _, html = rendered
     why = html[html.index('id="why"'):html.index('id="baseline"')]

@@ -236,9 +236,9 @@ def gap_by_layer(group_accuracy: pd.DataFrame | None, *, baseline: str | None = 
 
 
 def shares_rows(shares: pd.DataFrame) -> pd.DataFrame:
-    """The rows of :func:`mechanism_shares` in drawing order (top to bottom): by encoder, group, space, with the
-    block they belong to (``block``: "encoder · group"), a short ``label`` ("layer 0, lda") and a full ``row`` name
-    ("encoder · group @ 0 (lda)") for tables."""
+    """The rows of :func:`mechanism_shares` in drawing order (top to bottom): by encoder, group, space, with their
+    panel title (``block``: "encoder · C"), the row ``label`` as drawn ("layer 0, lda") and a full ``row`` name
+    ("encoder · C @ 0 (lda)") for tables."""
     s = shares.copy()
     if "encoder" not in s.columns:
         s["encoder"] = ""
@@ -248,7 +248,8 @@ def shares_rows(shares: pd.DataFrame) -> pd.DataFrame:
     enc, grp, lay = s["encoder"].astype(str), s["group"].astype(str), s["layer"].astype(str)
     s["block"] = [(f"{e} · " if e else "") + g for e, g in zip(enc, grp, strict=True)]
     s["label"] = [f"layer {x}, {sp}" for x, sp in zip(lay, s["_space"], strict=True)]
-    s["row"] = [f"{b} @ {x} ({sp})" for b, x, sp in zip(s["block"], lay, s["_space"], strict=True)]
+    s["row"] = [(f"{e} · " if e else "") + f"{g} @ {x} ({sp})"
+                for e, g, x, sp in zip(enc, grp, lay, s["_space"], strict=True)]
     return s.drop(columns=["_enc", "_space"])
 
 
@@ -258,28 +259,23 @@ def mechanism_shares(shares: pd.DataFrame | None, *, colors: Mapping[str, str] |
 
     left, the systematic share ``sys⁺ / (sys⁺ + rand⁺)`` in % with its speaker-bootstrap interval; right, the two
     excesses it is made of, in the same unit (squared distance summed over dimensions): the systematic excess (filled
-    circle) and the random excess (open square), each with its interval. The estimates are unbiased, so an excess near
-    zero can come out negative; it is drawn where it is, left of the zero line (the share counts it as 0). Rows come in
-    blocks of one (encoder, group), headed by its name in the group's colour.
+    circle) and the random excess (open square), each with its interval. One pair of panels per (encoder, group),
+    titled with both in the group's colour, one row per (layer, space): the share axis is common (0–100 %), the
+    distance axis is shared within an encoder only (encoders' embeddings have different scales). The estimates are
+    unbiased, so an excess near zero can come out negative; it is drawn where it is, left of the zero line (the share
+    counts it as 0).
     """
     need = {"group", "layer", "space", "share_systematic", "systematic_excess", "random_excess"}
     if shares is None or shares.empty or not need <= set(shares.columns):
         return None
     s = shares_rows(shares)
     cols = dict(colors) if colors else group_colors(s["group"].astype(str))
-    # y positions top to bottom: a header slot per (encoder, group) block, then its rows
-    ys: list[float] = []
-    heads: list[tuple[float, str, str]] = []
-    y = 0.0
-    for block, d in s.groupby("block", sort=False):
-        heads.append((y, str(block), cols[str(d["group"].iloc[0])]))
-        y -= 1
-        for _ in range(len(d)):
-            ys.append(y)
-            y -= 1
-    yv = np.array(ys)
-    fig = new_figure(0.75 + 0.17 * (len(ys) + len(heads)))
-    ax_share, ax_ex = fig.subplots(1, 2, sharey=True, width_ratios=[1, 1.3])
+    blocks = [(str(b), d) for b, d in s.groupby("block", sort=False)]
+    sizes = [len(d) + 1.0 for _, d in blocks]
+    fig = new_figure(0.75 + 0.17 * sum(sizes))
+    grid = fig.add_gridspec(len(blocks), 2, height_ratios=sizes, width_ratios=[1, 1.25])
+    ax_share = ax_ex = None
+    ex_of: dict[str, Axes] = {}  # one distance axis per encoder: its groups compare, encoders' scales do not mix
 
     def points(ax: Axes, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, yy: np.ndarray, **kw: Any) -> None:
         err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
@@ -287,29 +283,40 @@ def mechanism_shares(shares: pd.DataFrame | None, *, colors: Mapping[str, str] |
                     capsize=1.5)
         ax.plot(v, yy, ls="none", **kw)
 
-    points(ax_share, 100 * s["share_systematic"].to_numpy(float), 100 * s["share_systematic_ci_low"].to_numpy(float),
-           100 * s["share_systematic_ci_high"].to_numpy(float), yv, marker="o", color=NEUTRAL, ms=3.5,
-           gid="share_systematic")
-    ax_share.set_xlim(-5, 105)
-    ax_share.set_xticks([0, 50, 100])
-    ax_share.axvline(50, color="#e5e5e5", lw=0.6, zorder=0)
+    for b, (block, d) in enumerate(blocks):
+        enc, g = str(d["encoder"].iloc[0]), str(d["group"].iloc[0])
+        ax_share = fig.add_subplot(grid[b, 0], sharex=ax_share)
+        ax_ex = fig.add_subplot(grid[b, 1], sharey=ax_share, sharex=ex_of.get(enc))
+        ex_of.setdefault(enc, ax_ex)
+        y = -np.arange(len(d), dtype=float)
+        points(ax_share, 100 * d["share_systematic"].to_numpy(float), 100 * d["share_systematic_ci_low"].to_numpy(float),
+               100 * d["share_systematic_ci_high"].to_numpy(float), y, marker="o", color=NEUTRAL, ms=3.5,
+               gid="share_systematic")
+        ax_share.set_yticks(y, d["label"])
+        ax_share.tick_params(axis="y", length=0)
+        ax_share.set_ylim(y[-1] - 0.6, 0.6)
+        ax_share.set_xlim(-5, 105)
+        ax_share.set_xticks([0, 50, 100])
+        ax_share.axvline(50, color="#e5e5e5", lw=0.6, zorder=0)
+        dy = 0.16
+        points(ax_ex, d["systematic_excess"].to_numpy(float), d["systematic_excess_ci_low"].to_numpy(float),
+               d["systematic_excess_ci_high"].to_numpy(float), y + dy, marker="o", color=NEUTRAL, ms=3.5,
+               gid="systematic_excess")
+        points(ax_ex, d["random_excess"].to_numpy(float), d["random_excess_ci_low"].to_numpy(float),
+               d["random_excess_ci_high"].to_numpy(float), y - dy, marker="s", color=NEUTRAL, mfc="white", ms=3.5,
+               gid="random_excess")
+        ax_ex.axvline(0, color="grey", lw=0.6)
+        ax_ex.tick_params(axis="y", labelleft=False, length=0)
+        # the panel title names encoder and group (in the group's colour) and runs over both panels
+        title = ax_share.set_title(block, loc="left", fontweight="bold", color=cols[g])
+        title.set_in_layout(False)
+        if b < len(blocks) - 1:
+            ax_share.tick_params(axis="x", labelbottom=False)
+            if str(blocks[b + 1][1]["encoder"].iloc[0]) == enc:
+                ax_ex.tick_params(axis="x", labelbottom=False)
+    assert ax_share is not None and ax_ex is not None
     ax_share.set_xlabel("systematic share (%)")
-    ax_share.set_yticks(yv, s["label"])
-    ax_share.tick_params(axis="y", length=0)
-    for yh, text, color in heads:  # block header on its own (empty) row, running across both panels
-        ax_share.annotate(text, xy=(0, yh), xycoords=("axes fraction", "data"), xytext=(2, 0),
-                          textcoords="offset points", ha="left", va="center", fontweight="bold", color=color,
-                          annotation_clip=False, in_layout=False)
-    dy = 0.16
-    points(ax_ex, s["systematic_excess"].to_numpy(float), s["systematic_excess_ci_low"].to_numpy(float),
-           s["systematic_excess_ci_high"].to_numpy(float), yv + dy, marker="o", color=NEUTRAL, ms=3.5,
-           label="systematic excess", gid="systematic_excess")
-    points(ax_ex, s["random_excess"].to_numpy(float), s["random_excess_ci_low"].to_numpy(float),
-           s["random_excess_ci_high"].to_numpy(float), yv - dy, marker="s", color=NEUTRAL, mfc="white", ms=3.5,
-           label="random excess", gid="random_excess")
-    ax_ex.axvline(0, color="grey", lw=0.6)
-    ax_ex.set_xlabel("excess squared dist.\n(sum over dimensions)")
-    ax_share.set_ylim(y + 0.5, 0.5)
+    ax_ex.set_xlabel("excess squared distance\n(sum over dimensions)")
     fig.legend(handles=[Line2D([], [], ls="none", marker="o", color=NEUTRAL, label="systematic excess"),
                         Line2D([], [], ls="none", marker="s", color=NEUTRAL, mfc="white", label="random excess")],
                loc="outside upper right", ncol=2)
@@ -383,6 +390,7 @@ def identity_by_layer(group_identity: pd.DataFrame | None, speaker_identity: pd.
     panels = [(t, v, lab) for t, v, lab in ((gi, "balanced_accuracy", "group identity\nbalanced acc. (%)"),
                                             (si, "accuracy", "speaker identity\naccuracy (%)")) if len(t)]
     ga = group_accuracy if group_accuracy is not None and not group_accuracy.empty else None
+    group_handles: list[Line2D] = []
     if ga is not None and "encoder" in ga.columns:
         ga = ga[ga["encoder"].astype(str).isin(encs)]
     n = len(panels) + (ga is not None and len(ga) > 0)
@@ -417,14 +425,16 @@ def identity_by_layer(group_identity: pd.DataFrame | None, speaker_identity: pd.
                                 color=gcols[g], alpha=0.1, lw=0)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_ylabel("gap (pp)")
-        handles = [Line2D([], [], color=gcols[g], lw=2, label=g) for g in sorted(gcols)]
-        ax.legend(handles=handles, loc="best", ncol=min(4, len(handles)), fontsize=6)
+        # group colours go in the figure legend: a legend inside the panel at loc="best" moves between renderings
+        # and made constrained layout collapse when one figure was saved at several resolutions
+        group_handles = [Line2D([], [], color=gcols[g], lw=2, label=g) for g in sorted(gcols)]
     for ax in axes:
         _depth_axis(ax, baseline_label=None, layers=None)
     axes[-1].set_xlabel("relative depth (0 = hidden state 0, 1 = last layer)")
     handles = [Line2D([], [], color=NEUTRAL, ls=styles[e]["ls"], marker=styles[e]["marker"], label=e) for e in encs]
     handles.append(Line2D([], [], color="grey", ls=(0, (1, 1.5)), label="chance"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(3, len(handles)), handlelength=2.4)
+    fig.legend(handles=handles + group_handles, loc="outside upper center", ncol=min(3, len(handles)),
+               handlelength=2.4)
     return fig
 
 

@@ -531,7 +531,10 @@ def _where(c: _Ctx) -> str:
                    f"Benjamini–Hochberg across the group's phones (FDR {c.fdr_alpha}). Descriptive: a map of where the "
                    "deficit sits, not a second verdict.", "per-phone gaps")
     rows = []
-    for r in pg.sort_values("gap", ascending=False).to_dict("records"):
+    enc_order = {x: i for i, x in enumerate(c.encoders)}
+    ordered = pg.assign(_e=pg["encoder"].astype(str).map(enc_order) if "encoder" in pg.columns else 0).sort_values(
+        ["_e", "group", "gap"], ascending=[True, True, False])
+    for r in ordered.to_dict("records"):
         if not r.get("significant"):
             continue
         rows.append([e(r.get("encoder", "")), c.group_cell(r["group"]), e(r["layer"]), e(r["phone"]),
