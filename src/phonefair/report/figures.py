@@ -528,7 +528,7 @@ def variance_vs_accuracy(speaker_variance: pd.DataFrame | None, speaker_accuracy
     for ax, (enc, layer, m) in zip(axes, panels, strict=False):
         for g, d in m.groupby(m["group"].astype(str), sort=True):
             ax.scatter(d["variance"], 100 * d["standardized_accuracy"], s=8, color=cols[g], label=g, lw=0)
-        title = (f"{enc} · " if enc else "") + f"layer {layer}"
+        title = (f"{enc} · " if enc else "layer ") + f"{layer}"
         if variance_accuracy is not None and not variance_accuracy.empty:
             va = variance_accuracy.copy()
             if "encoder" not in va.columns:
@@ -538,7 +538,7 @@ def variance_vs_accuracy(speaker_variance: pd.DataFrame | None, speaker_accuracy
             if len(va) and np.isfinite(float(va["rho"].iloc[0])):
                 r = va.iloc[0]
                 title += f"\nρ = {r['rho']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        ax.set_title(title)
+        ax.set_title(title, fontsize=6.5)
     fig.supxlabel(f"normalised phone variance of the speaker ({space} space)", fontsize=7)
     fig.supylabel("speaker accuracy (%)", fontsize=7)
     handles = [Line2D([], [], color=cols[g], marker="o", ls="none", label=g) for g in sorted(cols)]

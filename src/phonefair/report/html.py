@@ -127,6 +127,8 @@ footer{margin-top:2em;font-size:.8em;color:#666}
  tr,figure,.caveat,ul.sentences li{break-inside:avoid}
  figure{max-width:48%}
  pre{white-space:pre-wrap;overflow-wrap:anywhere;max-height:none;overflow:visible;font-size:6pt}
+ pre.prov{column-count:2;column-gap:1.2em}
+ .keep{break-inside:avoid}
  a{color:inherit;text-decoration:none}
  *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
 }
@@ -582,7 +584,8 @@ def _why(c: _Ctx) -> str:
                  est_ci(r["random_excess"], r["random_excess_ci_low"], r["random_excess_ci_high"], 3, scale=1.0),
                  est_ci(r["share_systematic"], r["share_systematic_ci_low"], r["share_systematic_ci_high"])]
                 for r in F.shares_rows(sh).to_dict("records")]  # the figure's rows, in its order
-        parts.append(f"<h3>Systematic vs random share</h3><div class='figs'>{fig}</div><div class='scroll'>"
+        parts.append(f"<div class='keep'><h3>Systematic vs random share</h3><div class='figs'>{fig}</div></div>"
+                     "<div class='scroll'>"
                      + html_table(["encoder · group @ layer (space)", "systematic excess [95% CI]",
                                    "random excess [95% CI]", "systematic share (%) [95% CI]"], rows,
                                   numeric=[False, True, True, True]) + "</div>")
@@ -950,11 +953,13 @@ def write_report(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFr
         "baseline": _baseline(c), "lenses": _lenses(c), "transfer": _transfer(c), "variance": _variance(c),
         "comparison": _comparison(c)}
     body["exports"] = _exports(c, written)
-    body["provenance"] = "<pre>" + e(json.dumps(provenance, indent=2, default=str)) + "</pre>" if provenance \
+    body["provenance"] = "<pre class='prov'>" + e(json.dumps(provenance, indent=2, default=str)) + "</pre>" \
+        if provenance \
         else '<p class="na">not recorded (no provenance given)</p>'
     shown = [(a, t) for a, t in SECTIONS if body.get(a) is not None]
     nav = "<nav>" + " ".join(f'<a href="#{a}">{e(_NAV.get(a, t))}</a>' for a, t in shown) + "</nav>"
-    sections = "".join(f'<section id="{a}"><h2>{e(t)}</h2>{body[a]}</section>' for a, t in shown)
+    sections = "".join(f'<section id="{a}">{_keep_heading(f"<h2>{e(t)}</h2>", str(body[a]))}</section>'
+                       for a, t in shown)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             # self-contained by construction: the browser may load nothing but inline styles and data: images
@@ -970,6 +975,16 @@ def write_report(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFr
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _keep_heading(heading: str, body: str) -> str:
+    """Print the heading on the same page as the figures that open its section: Chromium does not honour
+    ``break-after: avoid`` on headings, so heading and first figure row go in one unbreakable block."""
+    start = "<div class='figs'>"
+    if not body.startswith(start) or (end := body.find("</div>")) < 0:  # figure rows hold no nested div
+        return heading + body
+    end += len("</div>")
+    return f"<div class='keep'>{heading}{body[:end]}</div>{body[end:]}"
 
 
 def _version() -> str:
