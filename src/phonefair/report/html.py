@@ -651,7 +651,7 @@ def _baseline(c: _Ctx) -> str | None:
                                   ylabel=f"amplification (pp) vs {blayer}", colors=c.colors,
                                   mark_layers={k: v for k, v in c.headline.items() if k != c.baseline}),
                    "amplification_by_layer",
-                   f"Amplification = the encoder's gap − the acoustic baseline's ({blayer}) gap, in pp, per layer, "
+                   f"Amplification = the encoder's gap − the acoustic baseline's ({e(blayer)}) gap, in pp, per layer, "
                    "with paired 95 % Welch intervals over the same speakers. Above 0: the encoder makes the group's "
                    "gap larger than it is in the signal.", "amplification by layer")
     rows = []
