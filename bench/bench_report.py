@@ -19,12 +19,12 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from phonefair.audit import Audit  # noqa: E402
-from phonefair.report import write_report  # noqa: E402
-from phonefair.store.base import InMemoryEmbeddings  # noqa: E402
-from phonefair.synth.simulate import PRESETS, simulate  # noqa: E402
+from phonefair.audit import Audit
+from phonefair.report import write_report
+from phonefair.store.base import InMemoryEmbeddings
+from phonefair.synth.simulate import PRESETS, simulate
 
 FORMATS = (("png", "svg", "pdf"), ("png",))
 

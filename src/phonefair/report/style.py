@@ -64,6 +64,7 @@ _RC: dict[str, Any] = {
     "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
     "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs (publishers reject Type 3 fonts)
     "svg.fonttype": "none",  # SVG text stays text (searchable, editable)
+    "svg.hashsalt": "phonefair",  # deterministic element ids: a rerun gives the same SVG
     # constrained layout already fits everything: no "tight" bounding box (it would draw every figure twice), so
     # a saved figure is exactly its nominal width
 }
@@ -117,6 +118,8 @@ def figure_to_base64(fig: Figure, dpi: int = 200) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+#: no creation date in the files: the same figure gives the same bytes on a rerun
+_NO_DATE: dict[str, dict[str, Any]] = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
 #: resolution of the saved PNG (also the one embedded in the report)
 PNG_DPI = 200
 
@@ -129,7 +132,6 @@ def save_figure(fig: Figure, directory: Path, stem: str, *, formats: Sequence[st
     paths = []
     for fmt in formats:
         p = directory / f"{stem}.{fmt}"
-        fig.savefig(p, format=fmt, **({"dpi": PNG_DPI} if fmt == "png" else {}),
-                    **({"metadata": {"Date": None}} if fmt in ("svg",) else {}))
+        fig.savefig(p, format=fmt, **({"dpi": PNG_DPI} if fmt == "png" else {}), metadata=_NO_DATE.get(fmt))
         paths.append(p)
     return paths
