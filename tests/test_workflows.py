@@ -125,7 +125,8 @@ batch_size = 2
     out = tmp_path / "out"
     html = (out / "report.html").read_text()
     assert "tiny-adv" in html and "<img" in html and "https://" not in html
-    assert 'id="comparison"' in html and "change accuracy" in html
+    assert 'id="comparison"' in html and "Δ accuracy (pp)" in html and "Verdict transitions" in html
+    assert (out / "tables" / "change_headline.tex").is_file() and not (out / "comparison.html").exists()
     sa = pd.read_parquet(out / "tables" / "speaker_accuracy.parquet")
     assert set(sa["encoder"]) == {"tiny", "tiny-adv"} and sa["accuracy"].between(0, 1).all()
     verdict = pd.read_parquet(out / "tables" / "verdict.parquet")

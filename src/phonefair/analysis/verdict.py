@@ -218,7 +218,7 @@ def sentence(r: dict[str, Any]) -> str:
                                                                                 "systematic and random"):
         share = (f"; systematic share {_pct(r['share_systematic'])} % "
                  f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
-    where = f"; most on phones {r['phones']}" if r.get("phones") else ""
+    where = f"; most on phones {r['phones']}" if isinstance(r.get("phones"), str) and r["phones"] else ""
     base = {"amplified": "; the encoder amplifies a gap already in the acoustic signal",
             "inherited": "; the gap is inherited from the acoustic signal",
             "reduced": "; the encoder reduces a gap that is in the acoustic signal",

@@ -241,11 +241,16 @@ class Audit:
 
     def report(self, out_dir: str | Path, *, title: str | None = None, caveats: list[str] | None = None,
                provenance: Mapping[str, Any] | None = None) -> Path:
-        """Write ``out_dir/report.html`` (self-contained) plus every table under ``out_dir/tables/``."""
+        """Write ``out_dir/report.html`` (self-contained), every table under ``out_dir/tables/`` (Parquet + CSV; the
+        headline ones also LaTeX), ``out_dir/summary.json`` and the figures under ``out_dir/figures/``."""
+        from phonefair.io import write_json, write_table
         from phonefair.report import write_report
 
-        return write_report(Path(out_dir), self.tables(), self.summary(), dict(provenance or {}), title=title,
-                            caveats=caveats)
+        out, tables, summary = Path(out_dir), self.tables(), self.summary()
+        for name, df in tables.items():
+            write_table(df, out / "tables" / name)
+        write_json(out / "summary.json", summary)
+        return write_report(out, tables, summary, dict(provenance or {}), title=title, caveats=caveats)
 
     def __repr__(self) -> str:
         d = next(iter(self.designs.values()))

@@ -21,11 +21,32 @@ import pandas as pd
 from phonefair.config import ConfigError, RunConfig, load_config, load_preset
 from phonefair.io import write_json, write_table
 from phonefair.pipeline.cache import StageCache, cache_key
-from phonefair.pipeline.stages import (DEFAULT_STAGES, LazySource, Log, StageFunctions, assign, device_for,
-                                       extraction_kwargs, prepare_corpus, resolve_encoder, tiny_model_dir)
+from phonefair.pipeline.stages import (
+    DEFAULT_STAGES,
+    LazySource,
+    Log,
+    StageFunctions,
+    assign,
+    device_for,
+    extraction_kwargs,
+    prepare_corpus,
+    resolve_encoder,
+    tiny_model_dir,
+)
 
-__all__ = ["STAGES", "RunResult", "run", "demo", "extract_shard", "merge_shards", "finetune", "compare",
-           "as_config", "open_audit"]
+__all__ = [
+    "STAGES",
+    "RunResult",
+    "alignment_quality",
+    "as_config",
+    "compare",
+    "demo",
+    "extract_shard",
+    "finetune",
+    "merge_shards",
+    "open_audit",
+    "run",
+]
 
 STAGES: tuple[str, ...] = ("corpus", "groups", "extract", "probe", "analyze", "report")
 
@@ -132,6 +153,9 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
         groups = groups[groups.index.isin(keep)]
     tables: dict[str, pd.DataFrame] = {"problems": corpus.problems, "group_summary": gsummary,
                                        "excluded": excluded}
+    align_tables, align_warnings = alignment_quality(cfg.corpus.root, groups, seed=cfg.run.seed,
+                                                     alpha=cfg.analysis.fdr_alpha, level=cfg.analysis.level)
+    tables.update(align_tables)
     audit, store_keys = open_audit(cfg, out, log, functions, corpus, groups, progress)
     keys: dict[str, Any] = {"corpus": prep.fingerprint}
     from phonefair.audit.serial import load_stage, save_stage
@@ -183,6 +207,8 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
 
     tables.update(collect_tables(audit, complete_only=True))
     summary = _summary(audit, cfg, corpus, groups, prep, ran)
+    if align_tables:
+        summary["alignment_warnings"] = align_warnings
     provenance: dict[str, Any] = {
         "config": cfg.to_dict(), "config_source": cfg.source, "versions": _versions(),
         "seeds": {"run": cfg.run.seed, "split": cfg.split.seed},
@@ -209,6 +235,22 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
     log(f"done: {out}")
     return RunResult(tables=tables, summary=summary, report_path=report_path, out_dir=out, stages_run=ran,
                      audit=audit)
+
+
+def alignment_quality(root: str | Path | None, groups: pd.Series, *, seed: int, alpha: float, level: float
+                      ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The aligner's own quality per speaker group, when the corpus was aligned by ``phonefair align`` (its root holds
+    ``alignment_quality.parquet``): tables ``alignment_by_group`` and ``alignment_tests`` and the warnings of
+    :func:`phonefair.align.alignment_quality_by_group`, for the report's data section and caveats. Nothing (``{}``,
+    ``[]``) for a corpus aligned otherwise."""
+    if root is None or not (Path(root) / "alignment_quality.parquet").is_file():
+        return {}, []
+    from phonefair.align import alignment_quality_by_group, read_alignment_tables
+
+    quality, utterances, _ = read_alignment_tables(root)
+    by_group, tests, warnings = alignment_quality_by_group(quality, utterances, groups, seed=seed, alpha=alpha,
+                                                           level=level)
+    return {"alignment_by_group": by_group, "alignment_tests": tests}, warnings
 
 
 def _summary(audit: Any, cfg: RunConfig, corpus: Any, groups: pd.Series, prep: Any, ran: list[str]

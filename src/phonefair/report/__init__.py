@@ -1,5 +1,8 @@
-"""Report stage: figures (``phonefair.report.figures``) and the self-contained HTML report."""
+"""Report stage: the self-contained HTML report, its figures (PNG/SVG/PDF) and the headline tables (LaTeX/CSV/Parquet).
 
-from phonefair.report.html import DEMO_BANNER, write_report
+See docs/report.md for every section, quantity and caveat.
+"""
 
-__all__ = ["DEMO_BANNER", "write_report"]
+from phonefair.report.html import DEMO_BANNER, SECTIONS, write_report
+
+__all__ = ["DEMO_BANNER", "SECTIONS", "write_report"]

@@ -8,24 +8,23 @@ Figures out.
 * :func:`amplification_figure`: per group, the amplification (encoder gap − baseline gap) across depth with its CI
   band; the marker at each layer shows the reading.
 
-Colours follow the group's position in the sorted group list (:func:`group_colors`), as in
-:mod:`phonefair.report.figures`, so a group has the same colour in every figure of the report. Figures are built
+Colours come from :func:`phonefair.report.style.group_colors` (re-exported here as :func:`group_colors`), the one
+palette of every figure, so a group has the same colour everywhere. Figures are built
 without pyplot (no global state to close).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from phonefair.layers import layer_order, relative_depth
+from phonefair.report.style import group_colors
 
 __all__ = ["READING_MARKERS", "amplification_figure", "gap_figure", "group_colors"]
 
@@ -33,13 +32,6 @@ __all__ = ["READING_MARKERS", "amplification_figure", "gap_figure", "group_color
 READING_MARKERS: dict[str, str] = {"amplified": "^", "created": "*", "reduced": "v", "inherited": "o",
                                    "unclear": "d", "absent": ".", "insufficient": "x"}
 _BASELINE_X = relative_depth("baseline", [])  # -0.15: where every non-hierarchical feature set sits
-
-
-def group_colors(groups: Sequence[str]) -> dict[str, str]:
-    """``{group: hex colour}``: tab10 in sorted group order (the order of phonefair.report.figures)."""
-    cmap = colormaps["tab10"]
-    palette = [to_hex(cmap(i)) for i in range(cmap.N)]
-    return {g: palette[i % len(palette)] for i, g in enumerate(sorted(str(x) for x in groups))}
 
 
 def gap_figure(gaps: pd.DataFrame, *, baseline_layer: str | None = None, best_layer: str | None = None,

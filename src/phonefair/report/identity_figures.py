@@ -22,22 +22,22 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report is written on servers and in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from phonefair.layers import layer_order, relative_depth  # noqa: E402
+from phonefair.layers import layer_order, relative_depth
+from phonefair.report.style import group_colors
 
 __all__ = ["identity_by_depth", "identity_by_depth_grid"]
 
 Tables = Mapping[str, pd.DataFrame | None]
 
-_GROUP_ID = "#1f77b4"
-_SPEAKER_ID = "#2ca02c"
-# tab10 without the two identity colours, so a gap line is never mistaken for an identity curve
-_GAP_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#ff7f0e", "#7f7f7f", "#bcbd22", "#17becf")
+# colour means group in every figure (phonefair.report.style.group_colors): the identity curves are black and grey
+_GROUP_ID = "#222222"
+_SPEAKER_ID = "#8a8a8a"
 
 
 def _curve(df: pd.DataFrame | None, key: str, value: str, keep: str) -> pd.DataFrame:
@@ -80,9 +80,10 @@ def _draw_state(ax: Axes, gap_ax: Axes | None, tables: Tables, layers: list[str]
         drew = True
     gap = tables.get("phone_gap")
     if gap_ax is not None and gap is not None and not gap.empty and {"layer", "group", "gap"} <= set(gap.columns):
-        for i, (grp, d) in enumerate(gap.assign(layer=gap["layer"].astype(str)).groupby("group", sort=True)):
+        colors = group_colors(gap["group"].astype(str))
+        for grp, d in gap.assign(layer=gap["layer"].astype(str)).groupby("group", sort=True):
             d = d.assign(_x=xs(d)).sort_values("_x")
-            c = _GAP_COLORS[i % len(_GAP_COLORS)]
+            c = colors[str(grp)]
             gap_ax.plot(d["_x"], d["gap"], ls, marker="s", ms=3, color=c, lw=1.2, label=f"gap: {grp}{suffix}")
             if {"ci_low", "ci_high"} <= set(d.columns) and not dashed:
                 gap_ax.fill_between(d["_x"], d["ci_low"].astype(float), d["ci_high"].astype(float), color=c,
