@@ -148,6 +148,7 @@ def served_worse(speaker_accuracy: pd.DataFrame, design: Design, *, alpha: float
             se = float(np.sqrt(np.sum(coefs**2 * v / n))) if g != ref_idx else np.nan
             df = _welch_df(v, n, coefs) if g != ref_idx else np.nan
             est, lo_a, hi_a = _t_ci(acc[labels == g, li], level)
+            lo_a, hi_a = max(lo_a, 0.0), min(hi_a, 1.0)  # an accuracy interval stays within [0, 1]
             gap_rows.append({"layer": layer, "group": names[g], "accuracy": est, "accuracy_ci_low": lo_a,
                              "accuracy_ci_high": hi_a, "gap": gap, "gap_ci_low": gap - tq(df) * se,
                              "gap_ci_high": gap + tq(df) * se, "gap_se": se,

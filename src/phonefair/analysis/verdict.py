@@ -115,6 +115,9 @@ def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFr
         gp = gaps[(gaps["group"] == g) & (gaps["layer"] == str(layer))]
         gr = gp.iloc[0] if len(gp) else pd.Series(dtype=float)
         worse = pw[(pw["group"] == g) & (pw["t"] > 0)]
+        vs = pw[(pw["group"] == g) & pw["significant"] & (pw["layer"].astype(str) == str(layer))
+                & pw["other"].isin([x.strip() for x in str(d["worse_than"]).split(",") if x.strip()])]
+        vs = vs.sort_values("difference", ascending=False)
         row: dict[str, Any] = {
             "group": g, "served_worse": bool(d["served_worse"]), "verdict": "not served worse", "mechanism": None,
             "worse_than": d["worse_than"] or None, "better_than": d["better_than"] or None,
@@ -122,11 +125,16 @@ def verdict_table(served: Any, typology: Any = None, in_group_benefit: pd.DataFr
             "accuracy": gr.get("accuracy", np.nan), "gap": gr.get("gap", np.nan),
             "gap_ci_low": gr.get("gap_ci_low", np.nan), "gap_ci_high": gr.get("gap_ci_high", np.nan),
             "mde": np.nan if d["served_worse"] else gr.get("mde", np.nan),
+            # the largest significant pairwise difference at that layer: what "served worse than X" rests on
+            "versus": str(vs["other"].iloc[0]) if len(vs) else None,
+            "versus_gap": float(vs["difference"].iloc[0]) if len(vs) else np.nan,
+            "versus_ci_low": float(vs["ci_low"].iloc[0]) if len(vs) else np.nan,
+            "versus_ci_high": float(vs["ci_high"].iloc[0]) if len(vs) else np.nan,
             "p_served_worse": float(worse["p_adjusted"].min()) if len(worse) else 1.0,
             "p_systematic": np.nan, "p_random": np.nan, "evidence": None,
             "share_systematic": np.nan, "share_ci_low": np.nan, "share_ci_high": np.nan,
             "in_group_benefit": np.nan, "igb_ci_low": np.nan, "igb_ci_high": np.nan,
-            "representational": None, "baseline_reading": None, "amplification": np.nan,
+            "representational": None, "baseline_reading": None, "reference": served.info.get("reference"), "amplification": np.nan,
             "amplification_ci_low": np.nan, "amplification_ci_high": np.nan, "is_reference": bool(d["is_reference"])}
         if d["served_worse"] and g in mech.index:
             m = mech.loc[g]
@@ -206,8 +214,17 @@ def sentence(r: dict[str, Any]) -> str:
         if np.isfinite(r.get("mde", np.nan)):
             base += f" (at layer {r['layer']}, a gap of {_pct(r['mde'])} points would have been detected with 80 % power)"
         return base + "."
-    gap = f"{_pct(r['gap'])} points [95% CI {_pct(r['gap_ci_low'])}, {_pct(r['gap_ci_high'])}]" \
-        if np.isfinite(r.get("gap", np.nan)) else "a significant margin"
+    ref = "the reference" if r.get("reference") else "the other groups"
+    consensus = (f"{_pct(r['gap'])} points below {ref} [95% CI {_pct(r['gap_ci_low'])}, {_pct(r['gap_ci_high'])}]"
+                 if np.isfinite(r.get("gap", np.nan)) else "")
+    pair = (f"{_pct(r['versus_gap'])} points below {r['versus']} [95% CI {_pct(r['versus_ci_low'])}, "
+            f"{_pct(r['versus_ci_high'])}]" if np.isfinite(r.get("versus_gap", np.nan)) else "")
+    # lead with the gap to the others when it is itself clearly positive, else with the pairwise difference
+    if consensus and r.get("gap_ci_low", np.nan) > 0:
+        gap = consensus + (f" (up to {pair})" if pair and r.get("versus_gap", 0) > r["gap"] + 1e-12
+                           and str(r.get("worse_than", "")).count(",") else "")
+    else:
+        gap = pair + (f" ({consensus.replace(' [95% CI', ' [')})" if consensus else "") if pair else consensus
     why = {"systematic": "its phone embeddings are shifted (systematic error)",
            "random": "its phone embeddings are more scattered (random error)",
            "systematic and random": "its phone embeddings are both shifted and more scattered",
@@ -216,13 +233,18 @@ def sentence(r: dict[str, Any]) -> str:
     share = ""
     if np.isfinite(r.get("share_systematic", np.nan)) and r.get("mechanism") in ("systematic", "random",
                                                                                 "systematic and random"):
-        share = (f"; systematic share {_pct(r['share_systematic'])} % "
-                 f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
+        if r.get("share_ci_low", np.nan) >= 0.995:
+            share = "; no excess spread (systematic share 100 %)"
+        elif r.get("share_ci_high", np.nan) <= 0.005:
+            share = "; no shift beyond chance (systematic share 0 %)"
+        else:
+            share = (f"; systematic share {_pct(r['share_systematic'])} % "
+                     f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
     where = f"; most on phones {r['phones']}" if isinstance(r.get("phones"), str) and r["phones"] else ""
     base = {"amplified": "; the encoder amplifies a gap already in the acoustic signal",
             "inherited": "; the gap is inherited from the acoustic signal",
             "reduced": "; the encoder reduces a gap that is in the acoustic signal",
             "created": "; the acoustic signal shows no gap: the encoder creates it"}.get(r.get("baseline_reading") or "",
                                                                                         "")
-    return (f"{g} is served worse than {r['worse_than']} (gap {gap} at layer {r['layer']}; significant at layers "
-            f"{r['layers']}{where}): {why}{share}{base}.")
+    return (f"{g} is served worse than {r['worse_than']}: {gap} at layer {r['layer']}; significant at layers "
+            f"{r['layers']}{where}: {why}{share}{base}.")
