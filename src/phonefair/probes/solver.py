@@ -48,6 +48,7 @@ import torch
 from phonefair.errors import ConfigError, DataError
 
 PRECISIONS = ("auto", "bf16", "fp32")
+BF16_MIN_ROWS = 16384  # "auto" precision: bfloat16 only when every problem has at least this many rows
 
 # element-wise work on logits runs in column chunks of this size so the temporaries stay in cache
 _CHUNK = 4096
@@ -56,11 +57,15 @@ _BIG = 1 << 16
 
 
 # ----------------------------------------------------------------------------------------------------- settings
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the rows and the two matrix products per iteration.
+def compute_dtype(precision: str, device: torch.device, rows: int) -> torch.dtype:
+    """The dtype of the rows and the two matrix products per iteration, for problems of at least ``rows`` rows.
 
-    ``"auto"``: bfloat16 on CUDA devices that support it and on CPUs with native bfloat16 matrix units (AMX or
-    AVX512-BF16), where it is 3-6x faster than float32; float32 elsewhere (emulated bfloat16 would be slower).
+    ``"auto"``: bfloat16 where the hardware has it natively (CUDA devices that support it; CPUs with AMX or
+    AVX512-BF16, where bfloat16 products run 3-6x faster than float32) *and* every problem has at least
+    ``BF16_MIN_ROWS`` rows; float32 otherwise. Why the size rule: rounding the logit updates and the rows to
+    bfloat16 adds per-row noise (relative 2^-9) whose effect on the gradient averages out only as ``1/sqrt(n)``
+    (about ``1e-3 / sqrt(n)`` on encoder-like data: below 1e-5 from ~10^4 rows), and small problems spend their time
+    in per-operation overheads, where bfloat16 buys nothing.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -68,6 +73,8 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
+    if rows < BF16_MIN_ROWS:
+        return torch.float32
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "cpu":
@@ -186,7 +193,7 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
         member = torch.zeros(S, stop - start, device=dev)
         for i, (m, (_, wn)) in enumerate(zip(members, kept, strict=True)):
             lo, hi = torch.searchsorted(m, torch.tensor([start, stop], device=dev)).tolist()
-            member[i, m[lo:hi] - start] = wn[lo:hi]
+            member[i].index_put_((m[lo:hi] - start,), wn[lo:hi], accumulate=True)  # repeated rows add up
         m1 += (member @ xc).double()
         m2 += (member @ (xc * xc)).double()
     var = (m2 - m1 * m1).clamp_min(0.0)
@@ -645,13 +652,18 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
             dW = torch.where(bad[:, None, None], -rW, dW)
             db = torch.where(bad[:, None], -rb, db)
         d, dW, db = bt.to_data(dW, db, st.slot)
-        d0 = (st.gW * dW).sum((1, 2)) + (st.gb * db).sum(1)
         U = bt.forward(d, st.slot)
         if st.present is not None:
             U.masked_fill_(~st.present[:, :, None], 0.0)
+        # phi'(0) from the cached residuals and the rounded logit change: the line search then sees one consistent
+        # function even where low-precision products make U differ slightly from the image of the direction
+        d0 = torch.bmm(R.view(R.shape[0], 1, -1), U.view(U.shape[0], -1, 1)).view(-1).to(torch.float32) + \
+            st.lam * (st.W * dW).sum((1, 2))
+        flat = d0 >= 0  # no descent left at this precision: counts as a stalled step
         it += 1
         refresh = it <= 2 or it % 4 == 0  # the class curvature settles after the first steps
-        alpha, f_new, stalled = _line_search(st, bt, U, dW, d0, Lnew, R, A if refresh else None)
+        alpha, f_new, stalled = _line_search(st, bt, U, dW, d0.clamp_max(-1e-30), Lnew, R, A if refresh else None)
+        stalled |= flat
         st.L, Lnew = Lnew, st.L
         sW, sb = alpha[:, None, None] * dW, alpha[:, None] * db
         st.W += sW

@@ -291,6 +291,14 @@ def _fit_iterative(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight:
     return probes
 
 
+def _stack_padded(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row/weight tensors of different widths stacked along the probe axis (padding: weight 0)."""
+    n = max(r.shape[1] for r, _ in parts)
+    rows = torch.cat([torch.nn.functional.pad(r, (0, n - r.shape[1])) for r, _ in parts])
+    w = torch.cat([torch.nn.functional.pad(w, (0, n - w.shape[1])) for _, w in parts])
+    return rows, w
+
+
 def _distinct_sets(rows: torch.Tensor, weight: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                                       list[int]]:
     """The distinct (rows, weight) sets among the probes (rows sorted, padding dropped) and each probe's set."""
@@ -353,8 +361,8 @@ def _to_probes(rs: RowSets, set_of_probe: Sequence[int], pr: _Problems, sol_W: t
 
 def _fit_exact(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, class_mask: torch.Tensor,
                l2: torch.Tensor, config: TrainerConfig, *, seed: int) -> BatchedProbes:
-    dt = compute_dtype(config.precision, x.device)
     sets, set_of = _distinct_sets(rows, weight)
+    dt = compute_dtype(config.precision, x.device, min(int(r.numel()) for r, _ in sets))
     rs = row_sets(x, y, sets, dt)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     basis = feature_basis(rs, gen)
@@ -414,8 +422,8 @@ def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: 
     dev = x.device
     fit_mask, full_mask = fit_mask.to(dev), full_mask.to(dev)
     with torch_threads(thread_count(config.threads)):
-        dt = compute_dtype(config.precision, dev)
-        sets, of = _distinct_sets(torch.cat([fit_rows, full_rows]), torch.cat([fit_w, full_w]))
+        sets, of = _distinct_sets(*_stack_padded([(fit_rows, fit_w), (full_rows, full_w)]))
+        dt = compute_dtype(config.precision, dev, min(int(r.numel()) for r, _ in sets))
         val_sets, val_of = _distinct_sets(val_rows, val_w)
         rs = row_sets(x, y, sets + val_sets, dt)
         fit_of, full_of = of[:P], of[P:]
