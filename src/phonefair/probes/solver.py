@@ -47,7 +47,7 @@ import torch
 
 from phonefair.errors import ConfigError, DataError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 BF16_MIN_ROWS = 16384  # "auto" precision: bfloat16 only when every problem has at least this many rows
 
 # element-wise work on logits runs in column chunks of this size so the temporaries stay in cache
@@ -73,6 +73,8 @@ def compute_dtype(precision: str, device: torch.device, rows: int) -> torch.dtyp
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if rows < BF16_MIN_ROWS:
         return torch.float32
     if device.type == "cuda":
@@ -124,6 +126,11 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
+def _width(dim: int) -> int:
+    """Columns of the gathered rows: the features, the constant 1, zeros up to a multiple of 8."""
+    return (dim + 1 + 7) // 8 * 8
+
+
 @dataclass
 class RowSets:
     """The distinct row sets of a fit, their rows in the compute precision, and each set's standardisation.
@@ -133,7 +140,8 @@ class RowSets:
     own weighted mean and SD, the standardisation its probes are defined on.
     """
 
-    data: torch.Tensor  # [U, D + 1] compute dtype; the last column is the constant 1 (the bias's feature)
+    data: torch.Tensor  # [U, width(D)] compute dtype; column D is the constant 1 (the bias's feature), then zeros
+    dim: int  # D, the number of features
     centre: torch.Tensor  # [D] float32
     spread: torch.Tensor  # [D] float32
     members: list[torch.Tensor]  # per set: [n_s] long into data (rows with weight > 0, sorted)
@@ -141,10 +149,6 @@ class RowSets:
     labels: list[torch.Tensor]  # per set: [n_s] long
     mean: torch.Tensor  # [S, D] float32
     scale: torch.Tensor  # [S, D] float32
-
-    @property
-    def dim(self) -> int:
-        return int(self.data.shape[1]) - 1
 
     def __len__(self) -> int:
         return len(self.members)
@@ -175,14 +179,13 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
     S, D = len(kept), int(x.shape[1])
     union = torch.unique(torch.cat([r for r, _ in kept])) if kept else torch.zeros(0, dtype=torch.long, device=dev)
     U = int(union.numel())
-    step = max(1, U // chunk_rows)
-    probe = x[union[::step][:chunk_rows]].double()
-    centre = probe.mean(0) if U else torch.zeros(D, dtype=torch.float64, device=dev)
-    sd = probe.std(0) if U > 1 else torch.ones_like(centre)
-    spread = torch.where(sd > 1e-8 * (1.0 + centre.abs()), sd, torch.ones_like(sd))
+    probe = x[union[:: max(1, U // 2048)][:2048]].to(torch.float32)
+    var, mean = torch.var_mean(probe, 0) if U > 1 else (torch.ones(D, device=dev), probe.mean(0))
+    centre, sd = mean.double(), var.double().sqrt()
+    spread = torch.where(sd > 1e-6 * (1.0 + centre.abs()), sd, torch.ones_like(sd))
     c32, inv = centre.to(torch.float32), (1.0 / spread).to(torch.float32)
     members = [torch.searchsorted(union, r) for r, _ in kept]
-    data = torch.empty(U, D + 1, dtype=dtype, device=dev)
+    data = torch.zeros(U, _width(D), dtype=dtype, device=dev)  # rows padded to 16-byte multiples: faster gathers
     data[:, D] = 1.0
     m1 = torch.zeros(S, D, dtype=torch.float64, device=dev)
     m2 = torch.zeros_like(m1)
@@ -198,7 +201,7 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
         m2 += (member @ (xc * xc)).double()
     var = (m2 - m1 * m1).clamp_min(0.0)
     sd_s = torch.where(var.sqrt() > 1e-6, var.sqrt(), torch.ones_like(var))  # constant feature: leave it unscaled
-    return RowSets(data=data, centre=c32, spread=spread.to(torch.float32), members=members,
+    return RowSets(data=data, dim=D, centre=c32, spread=spread.to(torch.float32), members=members,
                    weights=[wn for _, wn in kept], labels=[y[r] for r, _ in kept],
                    mean=(centre + m1 * spread).to(torch.float32), scale=(sd_s * spread).to(torch.float32))
 
@@ -227,7 +230,7 @@ def feature_basis(rs: RowSets, gen: torch.Generator, max_rows: int = 8192) -> Fe
     else:
         cov = z.T @ z / max(1, z.shape[0])
     cov = 0.5 * (cov + cov.T)
-    vals, vecs = torch.linalg.eigh(cov.double() if dev.type == "cpu" else cov)
+    vals, vecs = torch.linalg.eigh(cov)  # float32: a preconditioner needs no more
     vals = vals.to(torch.float32)
     vals = vals.clamp_min(1e-4 * float(vals.max().clamp_min(1e-12)))
     return FeatureBasis(vectors=vecs.to(torch.float32).contiguous(), values=vals)
@@ -290,7 +293,8 @@ class _Batch:
         self.n = n = max(sizes)
         D = rs.dim
         self.dtype = rs.data.dtype
-        self.z: list[torch.Tensor] = []  # per set: [n, D + 1]
+        self.width = W = int(rs.data.shape[1])
+        self.z: list[torch.Tensor] = []  # per set: [n, width]
         self.w = torch.zeros(len(set_ids), n, device=dev)
         self.y = torch.zeros(len(set_ids), n, dtype=torch.long, device=dev)
         for j, s in enumerate(set_ids):
@@ -298,13 +302,14 @@ class _Batch:
             k = int(m.numel())
             # random row order: a prefix of the columns is then a random subsample (line search); seeded
             order = torch.randperm(k, generator=gen).to(dev)
-            z = torch.empty(n, D + 1, dtype=self.dtype, device=dev)
+            z = torch.empty(n, W, dtype=self.dtype, device=dev)
             torch.index_select(rs.data, 0, m[order], out=z[:k])
             z[k:] = 0.0
             self.z.append(z)
             self.w[j, :k] = rs.weights[s][order]
             self.y[j, :k] = rs.labels[s][order]
         self.a, self.c = rs.fold(self.set_ids)  # [sets, D]
+        self.wmax = self.w.amax(1)  # residuals are stored divided by this (float16 range)
         # line-search subsample: 1/8 of the rows when that is still a few thousand, else none
         self.n_sub = min(sizes) // 8 if min(sizes) >= 16384 else 0
 
@@ -322,18 +327,25 @@ class _Batch:
                                                                                      torch.Tensor]:
         """A direction in the problems' own coordinates as it acts on the gathered rows.
 
-        Returns ``(d, dW', db')``: ``d`` [q, C, D + 1] in the compute dtype (last column: the bias) and the
-        direction ``(dW', db')`` that ``d`` represents exactly after rounding, to be applied to the parameters so
-        the cached logits stay the logits of the parameters.
+        Returns ``(d, dW', db', s)``: ``d`` [q, C, width] in the compute dtype (column D: the bias), the
+        direction ``(dW', db')`` that ``d`` represents exactly after rounding (``s`` times the input direction), to
+        be applied to the parameters so the cached logits stay the logits of the parameters, and ``s`` [q].
         """
         a, c = self.a[slot], self.c[slot]
-        d = torch.cat([dW * a[:, None, :], (db + (dW * c[:, None, :]).sum(-1))[..., None]], -1).to(self.dtype)
-        dWr = d[..., :-1].to(torch.float32) / a[:, None, :]
-        dbr = d[..., -1].to(torch.float32) - (dWr * c[:, None, :]).sum(-1)
-        return d, dWr, dbr
+        D = self.rs.dim
+        d = torch.zeros(dW.shape[0], dW.shape[1], self.width, device=dW.device)
+        d[..., :D] = dW * a[:, None, :]
+        d[..., D] = db + (dW * c[:, None, :]).sum(-1)
+        # scaled to max |d| = 1 before rounding (float16 would lose small directions to its subnormal range); the
+        # line search finds the step for the scaled direction, so the scale needs no undoing
+        scale = 1.0 / d.abs().amax((1, 2)).clamp_min(1e-30)
+        d = (d * scale[:, None, None]).to(self.dtype)
+        dWr = d[..., :D].to(torch.float32) / a[:, None, :]
+        dbr = d[..., D].to(torch.float32) - (dWr * c[:, None, :]).sum(-1)
+        return d, dWr, dbr, scale
 
     def forward(self, d: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Logits ``Z d`` [q, C, n] (compute dtype, class-major) of data-side directions ``d`` [q, C, D + 1]."""
+        """Logits ``Z d`` [q, C, n] (compute dtype, class-major) of data-side directions ``d`` [q, C, width]."""
         q, C, D1 = d.shape
         out = torch.empty(q, C, self.n, dtype=self.dtype, device=d.device)
         for s, q0, q1 in self.runs(slot):
@@ -341,15 +353,23 @@ class _Batch:
         return out
 
     def gradient(self, R: torch.Tensor, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
-        """``grad f`` in each problem's coordinates from weighted residuals ``R`` [q, C, n] (compute dtype)."""
+        """``grad f`` in each problem's coordinates from residuals ``R`` [q, C, n] (compute dtype), which hold
+        ``w (P - Y) / max(w)`` (so float16 keeps them in its normal range)."""
         q, C, n = R.shape
-        G = torch.empty(q, C, self.rs.dim + 1, dtype=self.dtype, device=R.device)
+        D1 = self.width
+        G = torch.empty(q, C, D1, dtype=self.dtype, device=R.device)
         for s, q0, q1 in self.runs(st.slot):
-            torch.mm(R[q0:q1].view(-1, n), self.z[s], out=G[q0:q1].view(-1, self.rs.dim + 1))
-        G = G.to(torch.float32)
+            g = torch.mm(R[q0:q1].view(-1, n), self.z[s], out=G[q0:q1].view(-1, D1))
+            if self.dtype == torch.float16 and not bool(torch.isfinite(g).all()):  # float16 range exceeded: redo
+                G[q0:q1] = 0
+                G = G.to(torch.float32) if G.dtype != torch.float32 else G
+                G[q0:q1] = (R[q0:q1].view(-1, n).to(torch.float32) @ self.z[s].to(torch.float32)).view(q1 - q0,
+                                                                                                      C, D1)
+        G = G.to(torch.float32) * self.wmax[st.slot][:, None, None]
         a, c = self.a[st.slot], self.c[st.slot]
-        gb = G[..., -1]
-        gW = G[..., :-1] * a[:, None, :] + gb[..., None] * c[:, None, :] + st.lam[:, None, None] * st.W
+        D = self.rs.dim
+        gb = G[..., D]
+        gW = G[..., :D] * a[:, None, :] + gb[..., None] * c[:, None, :] + st.lam[:, None, None] * st.W
         return gW, gb.contiguous()
 
 
@@ -367,13 +387,13 @@ def _blocks(q: int, cols: slice, C: int, pend: list[int]) -> list[tuple[slice, s
 
 def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
               cols: slice, pend: list[int], *, curvature: bool, Lnew: torch.Tensor | None = None,
-              R: torch.Tensor | None = None, A: torch.Tensor | None = None,
-              a_cols: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              R: torch.Tensor | None = None, A: torch.Tensor | None = None, a_cols: int = 0,
+              r_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The data term of ``f`` along the line ``L + alpha U`` over columns ``cols``: ``(f, f', f'')`` [q].
 
     ``w`` [q, n] weights the columns (pass weights renormalised over a subsample to estimate the full terms).
-    Optional outputs for the same point: the new logits ``Lnew``, the weighted residuals ``R = w (P - Y)`` in
-    ``R``'s dtype, and the class curvature ``A = sum_i w_i (diag p_i - p_i p_i^T)`` (estimated from the first
+    Optional outputs for the same point: the new logits ``Lnew``, the weighted residuals ``R = w (P - Y) r_scale``
+    in ``R``'s dtype, and the class curvature ``A = sum_i w_i (diag p_i - p_i p_i^T)`` (estimated from the first
     ``a_cols`` columns, a random subsample, when ``a_cols`` > 0; overwritten for the evaluated problems). Entries of
     problems not evaluated (not pending, big problems only) are zero.
     """
@@ -406,11 +426,19 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
             d2[ps] += ((pu.mul_(Uc).sum(1) - spu * spu) * wc).sum(1)
         if R is not None:
             E.scatter_add_(1, yc, torch.full_like(ly, -1.0))  # P - Y in float32 (keeps 1 - p_y exact)
-            R[ps, :, cs] = E.mul_(wc[:, None, :])
+            R[ps, :, cs] = E.mul_((wc if r_scale is None else wc * r_scale[ps, None])[:, None, :])
     if A is not None:
         ix = torch.tensor(pend, device=L.device)
         A[ix] /= mass[ix].clamp_min(1e-30)[:, None, None]
     return f, d1, d2
+
+
+def _dot(R: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Per-problem ``sum(R * U)`` [q] in float32 (inputs in the compute dtype)."""
+    out = torch.empty(R.shape[0], device=R.device)
+    for i in range(R.shape[0]):
+        out[i] = torch.dot(R[i].reshape(-1).to(torch.float32), U[i].reshape(-1).to(torch.float32))
+    return out
 
 
 def _class_eig(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -455,9 +483,9 @@ def _direction(st: _State, basis: FeatureBasis, ring: int, used: int) -> tuple[t
     return -rW, -rb
 
 
-def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: torch.Tensor, Lnew: torch.Tensor,
-                 R: torch.Tensor, A: torch.Tensor | None, rounds: int = 8) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                   torch.Tensor]:
+def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: torch.Tensor, alpha0: torch.Tensor,
+                 Lnew: torch.Tensor, R: torch.Tensor, A: torch.Tensor | None,
+                 rounds: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-problem step length along a direction whose logit change ``U`` is cached.
 
     ``phi(alpha) = f(W + alpha d)`` is convex, so Newton's method on ``phi'`` (safeguarded by a bracket) finds the
@@ -466,14 +494,16 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
     the weighted residuals (``R``) and the class curvature (``A``). A step is accepted when
     ``phi(alpha) <= phi(0) + 1e-4 alpha phi'(0)`` and ``|phi'(alpha)| <= 0.1 |phi'(0)|``.
 
-    Returns ``(alpha, phi(alpha), stalled)``; a stalled problem (no step decreases ``f`` beyond rounding) stays put.
+    Newton starts at ``alpha0`` (the quasi-Newton step). Returns ``(alpha, phi(alpha), stalled)``; a stalled
+    problem (no step decreases ``f`` beyond rounding) stays put.
     """
     q, C, n = U.shape
     dev = U.device
     lam = st.lam
+    r_scale = 1.0 / bt.wmax[st.slot]
     wd, dd = (st.W * dW).sum((1, 2)), (dW * dW).sum((1, 2))
     ww = (st.W * st.W).sum((1, 2))
-    alpha = torch.ones(q, device=dev)
+    alpha = alpha0.clone()
     curv = torch.zeros(q, device=dev)  # phi'' estimate for corrections
     if bt.n_sub:
         ws = st.w[:, : bt.n_sub]
@@ -505,7 +535,7 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
     pend = list(range(q))
     for r in range(rounds):
         f, d1, d2 = _evaluate(st.L, U, alpha, st.y, st.w, slice(0, n), pend, curvature=not bt.n_sub, Lnew=Lnew,
-                              R=R, A=A, a_cols=bt.n_sub)
+                              R=R, A=A, a_cols=bt.n_sub, r_scale=r_scale)
         phi = f + 0.5 * lam * (ww + 2 * alpha * wd + alpha * alpha * dd)
         g = d1 + lam * (wd + alpha * dd)
         if not bt.n_sub:
@@ -533,7 +563,7 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
         stalled[ix] = True
         alpha[ix] = 0.0
         _evaluate(st.L, U, alpha, st.y, st.w, slice(0, n), pend, curvature=False, Lnew=Lnew, R=R, A=A,
-                  a_cols=bt.n_sub)
+                  a_cols=bt.n_sub, r_scale=r_scale)
     return out_a, out_f, stalled
 
 
@@ -567,7 +597,7 @@ def solve_linear(rs: RowSets, prob_set: torch.Tensor, lam: torch.Tensor, present
         n = int(rs.members[s].numel())
         small = C * n < _BIG  # small problems keep full-size temporaries
         per_problem = C * n * (2 * 4 + 2 * itemsize + (4 * 4 if small else 0)) + 4 * history * C * D * 4
-        c = n * (D + 1) * itemsize + len(per_set[s]) * per_problem
+        c = n * _width(D) * itemsize + len(per_set[s]) * per_problem
         too_long = bool(cur) and n > 1.25 * int(rs.members[cur[0]].numel())  # bounded padding
         if cur and (cost + c > batch_bytes or too_long):
             batches.append(cur)
@@ -607,8 +637,9 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
     if init is None:
         L = b[:, :, None].expand(q, C, n).contiguous()
     else:
-        d, W, b = bt.to_data(W, b, slot)
-        L = bt.forward(d, slot).to(torch.float32)
+        d, W, b, scale = bt.to_data(W, b, slot)
+        L = bt.forward(d, slot).to(torch.float32) / scale[:, None, None]
+        W, b = W / scale[:, None, None], b / scale[:, None]
     if not all_present:
         L.masked_fill_(~pres[:, :, None], -math.inf)  # classes a probe never saw get probability 0
     m = history
@@ -622,7 +653,8 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
     R = torch.empty(q, C, n, dtype=bt.dtype, device=dev)
     A = torch.zeros(q, C, C, device=dev)
     f, _, _ = _evaluate(st.L, torch.zeros(q, C, n, dtype=bt.dtype, device=dev), torch.zeros(q, device=dev), y, w,
-                        slice(0, n), list(range(q)), curvature=False, R=R, A=A, a_cols=bt.n_sub)
+                        slice(0, n), list(range(q)), curvature=False, R=R, A=A, a_cols=bt.n_sub,
+                        r_scale=1.0 / bt.wmax[slot])
     st.f = f + 0.5 * st.lam * (st.W * st.W).sum((1, 2))
     st.a_vecs, st.a_vals = _class_eig(A)
     st.gW, st.gb = bt.gradient(R, st)
@@ -651,18 +683,18 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
             rW, rb = _precondition(st, basis, st.gW, st.gb)
             dW = torch.where(bad[:, None, None], -rW, dW)
             db = torch.where(bad[:, None], -rb, db)
-        d, dW, db = bt.to_data(dW, db, st.slot)
+        d, dW, db, scale = bt.to_data(dW, db, st.slot)
         U = bt.forward(d, st.slot)
         if st.present is not None:
             U.masked_fill_(~st.present[:, :, None], 0.0)
         # phi'(0) from the cached residuals and the rounded logit change: the line search then sees one consistent
         # function even where low-precision products make U differ slightly from the image of the direction
-        d0 = torch.bmm(R.view(R.shape[0], 1, -1), U.view(U.shape[0], -1, 1)).view(-1).to(torch.float32) + \
-            st.lam * (st.W * dW).sum((1, 2))
+        d0 = _dot(R, U) * bt.wmax[st.slot] + st.lam * (st.W * dW).sum((1, 2))
         flat = d0 >= 0  # no descent left at this precision: counts as a stalled step
         it += 1
         refresh = it <= 2 or it % 4 == 0  # the class curvature settles after the first steps
-        alpha, f_new, stalled = _line_search(st, bt, U, dW, d0.clamp_max(-1e-30), Lnew, R, A if refresh else None)
+        alpha, f_new, stalled = _line_search(st, bt, U, dW, d0.clamp_max(-1e-30), 1.0 / scale, Lnew, R,
+                                             A if refresh else None)
         stalled |= flat
         st.L, Lnew = Lnew, st.L
         sW, sb = alpha[:, None, None] * dW, alpha[:, None] * db

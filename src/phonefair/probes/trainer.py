@@ -42,8 +42,8 @@ class TrainerConfig:
 
     probe: str = "linear"  # "linear" (multinomial logistic regression) | "mlp" (one hidden ReLU layer)
     optimizer: str = "auto"  # linear: "auto"/"lbfgs" = the exact solver, "adam" = mini-batch Adam; MLP: Adam
-    tol: float = 1e-5  # exact solver: stop a problem at max |gradient| <= tol (scikit-learn's lbfgs `tol`)
-    select_tol: float = 1e-4  # fit_select: tolerance of the fits that only rank the L2 grid (the refit uses tol)
+    tol: float = 1e-4  # exact solver: stop a problem at max |gradient| <= tol (scikit-learn's lbfgs `tol`)
+    select_tol: float = 1e-3  # fit_select: tolerance of the fits that only rank the L2 grid (the refit uses tol)
     max_iter: int = 300  # exact solver: iterations per problem
     history: int = 8  # exact solver: L-BFGS curvature pairs kept per problem
     precision: str = "auto"  # "auto" | "bf16" | "fp32": rows and matrix products of the exact solver
@@ -468,11 +468,14 @@ def _score(rs: RowSets, pr: _Problems, W: torch.Tensor, b: torch.Tensor, fit_of:
            val_of: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
     """Weighted validation accuracy ``[P, G]`` of each probe's grid of problems on its validation set."""
     P, G = pr.index.shape
+    D = rs.dim
     out = torch.zeros(P, G, dtype=torch.float64, device=W.device)
     for p in range(P):
         q = pr.index[p]
         a, c = rs.fold(torch.tensor([fit_of[p]], device=W.device))
-        d = torch.cat([W[q] * a[:, None, :], (b[q] + (W[q] * c[:, None, :]).sum(-1))[..., None]], -1)
+        d = torch.zeros(G, W.shape[1], rs.data.shape[1], device=W.device)
+        d[..., :D] = W[q] * a[:, None, :]
+        d[..., D] = b[q] + (W[q] * c[:, None, :]).sum(-1)
         zv = rs.data[rs.members[val_of[p]]]
         logits = (d.reshape(-1, d.shape[-1]).to(zv.dtype) @ zv.T).view(G, -1, zv.shape[0]).to(torch.float32)
         if not bool(mask[p].all()):
