@@ -414,19 +414,27 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
         E = torch.sub(La, mx).exp_()
         tot = E.sum(1, keepdim=True)
         f[ps] += ((tot.log() + mx - ly).squeeze(1) * wc).sum(1)
-        E.div_(tot)  # soft-max
         if A is not None and (a_cols <= 0 or cs.start < a_cols):
-            pw = E * wc[:, None, :]
-            A[ps] += torch.diag_embed(pw.sum(-1)) - pw @ E.transpose(1, 2)
+            pw = E * (wc[:, None, :] / tot)
+            A[ps] += torch.diag_embed(pw.sum(-1)) - pw @ (E / tot).transpose(1, 2)
             mass[ps] += wc.sum(1)
-        pu = E * Uc
-        spu = pu.sum(1)
-        d1[ps] += ((spu - Uc.gather(1, yc).squeeze(1)) * wc).sum(1)
-        if curvature:
-            d2[ps] += ((pu.mul_(Uc).sum(1) - spu * spu) * wc).sum(1)
+        if R is None or curvature:
+            eu = E * Uc
+            spu = eu.sum(1, keepdim=True).div_(tot)  # sum_c p_c u_c
+            d1[ps] += ((spu.squeeze(1) - Uc.gather(1, yc).squeeze(1)) * wc).sum(1)
+            if curvature:
+                d2[ps] += ((eu.mul_(Uc).sum(1, keepdim=True).div_(tot) - spu * spu).squeeze(1) * wc).sum(1)
         if R is not None:
-            E.scatter_add_(1, yc, torch.full_like(ly, -1.0))  # P - Y in float32 (keeps 1 - p_y exact)
-            R[ps, :, cs] = E.mul_((wc if r_scale is None else wc * r_scale[ps, None])[:, None, :])
+            ws = wc if r_scale is None else wc * r_scale[ps, None]
+            E.mul_((ws[:, None, :] / tot))  # w p (scaled)
+            E.scatter_add_(1, yc, -ws[:, None, :])  # minus w y, in float32 (keeps 1 - p_y exact)
+            if not curvature:  # f' = sum R U: one fused reduction
+                rs_ = 1.0 if r_scale is None else r_scale[ps]
+                if E.shape[0] == 1:
+                    d1[ps] += torch.dot(E.view(-1), Uc.view(-1)) / rs_
+                else:
+                    d1[ps] += (E * Uc).sum((1, 2)) / rs_
+            R[ps, :, cs] = E
     if A is not None:
         ix = torch.tensor(pend, device=L.device)
         A[ix] /= mass[ix].clamp_min(1e-30)[:, None, None]
@@ -510,13 +518,13 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
         ws = ws / ws.sum(1, keepdim=True).clamp_min(1e-30)
         lo, hi = torch.zeros(q, device=dev), torch.full((q,), math.inf, device=dev)
         pend = list(range(q))
-        for _ in range(5):
+        for _ in range(6):
             _, d1, d2 = _evaluate(st.L, U, alpha, st.y, ws, slice(0, bt.n_sub), pend, curvature=True)
             g = d1 + lam * (wd + alpha * dd)
             h = (d2 + lam * dd).clamp_min(1e-30)
             ix = torch.tensor(pend, device=dev)
             curv[ix] = h[ix]
-            ok = g.abs() <= 0.05 * d0.abs()
+            ok = g.abs() <= 0.02 * d0.abs()  # tighter than the full test: usually one full evaluation suffices
             todo = [i for i in pend if not bool(ok[i])]
             if not todo:
                 break
@@ -540,6 +548,9 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
         g = d1 + lam * (wd + alpha * dd)
         if not bt.n_sub:
             curv = (d2 + lam * dd).clamp_min(1e-30)
+        else:  # secant through phi'(0) and phi'(alpha) on the full rows: exact for a quadratic
+            sec = (g - d0) / alpha.clamp_min(1e-30)
+            curv = torch.where(sec > 0, sec, curv.clamp_min(1e-30))
         armijo = phi <= st.f + 1e-4 * alpha * d0 + slack
         ok = armijo if r == rounds - 1 else armijo & (g.abs() <= 0.1 * d0.abs())
         ix = torch.tensor(pend, device=dev)
