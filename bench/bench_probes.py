@@ -98,6 +98,8 @@ def _rng(xs: Sequence[float]) -> str:
 def _timed(f: Callable[[], Any]) -> tuple[float, float, Any]:
     t, c = time.perf_counter(), time.process_time()
     out = f()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - t, time.process_time() - c, out
 
 
@@ -143,7 +145,9 @@ def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]
     P = len(wl.pops)
     mask = torch.ones(P, wl.C, dtype=torch.bool, device=dev)
     l2 = torch.full((P, 1), a.l2, device=dev)
-    cfg = TrainerConfig(threads=a.threads)
+    precs = [v.strip() for v in a.precisions.split(",")]
+    cfgs = {pr_: TrainerConfig(threads=a.threads, precision=pr_) for pr_ in precs}
+    cfg = cfgs[precs[0]]
     print(f"[1] one layer ({a.layer}): {P} probes x {wl.sizes['n_tokens']} training tokens x {a.dim} dims x {wl.C} "
           f"classes, lambda {a.l2}; device {dev}; threads {a.threads}", flush=True)
     # the optimum (untimed)
@@ -156,9 +160,26 @@ def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]
         if p.kind == "group":
             w_d[i, p.seed] = 0.0
 
-    def ours(rows: torch.Tensor, w: torch.Tensor, seed: int) -> tuple[np.ndarray, Any]:
-        pr = fit_batched(wl.x, wl.y, rows, w, mask, l2, cfg, seed=seed)
+    def ours(rows: torch.Tensor, w: torch.Tensor, seed: int, c: TrainerConfig = cfg) -> tuple[np.ndarray, Any]:
+        pr = fit_batched(wl.x, wl.y, rows, w, mask, l2, c, seed=seed)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         return pr.predict(wl.x[wl.test])[:, :, 0].cpu().numpy(), pr
+
+    def exact_gradient(pr: Any) -> float:
+        """max |gradient| of the returned weights on the float32 rows, in float64 (untimed check)."""
+        out = 0.0
+        for i in range(P):
+            z = (wl.x[wl.rows[i]].double() - pr.mean[i].double()) / pr.scale[i].double()
+            W, b = pr.params["W"][i, 0].double(), pr.params["b"][i, 0].double()
+            R = torch.softmax(z @ W + b, 1)
+            R[torch.arange(len(z), device=R.device), wl.y[wl.rows[i]]] -= 1
+            g = torch.cat([(z.T @ R / len(z) + a.l2 * W).flatten(), R.mean(0)])
+            out = max(out, float(g.abs().max()))
+        return out
+
+    extra_prec: dict[str, dict[str, list[float]]] = {p_: {"wall": [], "cpu": [], "dmax": [], "grad": []}
+                                                     for p_ in precs[1:]}
 
     def sk(i: int, tol: float) -> tuple[float, int]:
         p = wl.pops[i]
@@ -170,20 +191,32 @@ def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]
     t_o, c_o, t_d, c_d, acc_o = [], [], [], [], None
     sk_res: dict[float, dict[str, list[float]]] = {tol: {"wall": [], "cpu": [], "acc": [], "iter": [], "probe": []}
                                                    for tol in (1e-3, 1e-4)}
-    info = {}
+    info: dict[str, Any] = {}
     for r in range(max(a.repeats, a.sk_fits)):
         if r < a.repeats:
             wall, cpu, (pred, pr) = _timed(lambda: ours(wl.rows, wl.w, r))
             t_o.append(wall), c_o.append(cpu)
             acc_o = wl.accuracy(pred)
-            info = {k: pr.extra[k] for k in ("precision", "threads", "distinct_problems")}
+            info.update({k: pr.extra[k] for k in ("precision", "threads", "distinct_problems")})
             it = pr.extra["n_iter"][:, 0]
             print(f"  ours repeat {r}: {wall:.2f} s wall, {cpu:.2f} s CPU; {info['distinct_problems']} distinct "
                   f"problems, iterations {int(it.min())}-{int(it.max())}, all converged: "
                   f"{bool(pr.extra['converged'].all())}", flush=True)
+            if r == 0:
+                g_ex = exact_gradient(pr)
+                info["exact_grad_max"] = g_ex
+                print(f"  exact float64 max |gradient| of the returned probes: {g_ex:.2e}", flush=True)
             wall, cpu, _ = _timed(lambda: ours(rows_d, w_d, r))
             t_d.append(wall), c_d.append(cpu)
             print(f"  ours repeat {r}, 21 distinct problems: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+            for p_, res_p in extra_prec.items():
+                wall, cpu, (pred_p, pr_p) = _timed(lambda: ours(wl.rows, wl.w, r, cfgs[p_]))
+                d_p = 100 * (wl.accuracy(pred_p) - acc_opt)
+                res_p["wall"].append(wall), res_p["cpu"].append(cpu), res_p["dmax"].append(float(np.abs(d_p).max()))
+                if r == 0:
+                    res_p["grad"].append(exact_gradient(pr_p))
+                print(f"  ours precision={p_} repeat {r}: {wall:.2f} s wall, {cpu:.2f} s CPU, held-out accuracy "
+                      f"- optimum max |.| {np.abs(d_p).max():.3f} points", flush=True)
         if r < a.sk_fits:
             i = (r * 7) % P  # spread the timed probes over the populations
             for tol, res in sk_res.items():
@@ -219,6 +252,7 @@ def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]
                   f"({len(res['wall'])} fits, {_med(res['wall']):.2f} s/fit, range {_rng(res['wall'])}, x{P}): "
                   f"{sw:.1f}x wall, {sc_:.1f}x CPU", flush=True)
         print(f"  sklearn tol={tol:g} held-out accuracy - optimum: {', '.join(f'{v:+.3f}' for v in d_s)} points")
+    res1["precision_variants"] = extra_prec
     out["one_layer"] = res1
 
 
@@ -340,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--small-repeats", type=int, default=3)
     ap.add_argument("--parts", default="1,2,3", help="which parts to run")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", default="auto", help="part 1: precisions of our solver to time (first: main)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch and BLAS threads for both sides (1: fair and stable on a shared machine)")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
