@@ -54,6 +54,7 @@ BF16_MIN_ROWS = 16384  # "auto" precision: bfloat16 only when every problem has 
 _CHUNK = 4096
 # a problem whose logits have at least this many entries is evaluated on its own (views, no gathers)
 _BIG = 1 << 16
+_C2 = 0.1
 
 
 # ----------------------------------------------------------------------------------------------------- settings
@@ -553,7 +554,7 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
             sec = (g - d0) / alpha.clamp_min(1e-30)
             curv = torch.where(sec > 0, sec, curv.clamp_min(1e-30))
         armijo = phi <= st.f + 1e-4 * alpha * d0 + slack
-        ok = armijo if r == rounds - 1 else armijo & (g.abs() <= 0.1 * d0.abs())
+        ok = armijo if r == rounds - 1 else armijo & (g.abs() <= _C2 * d0.abs())
         ix = torch.tensor(pend, device=dev)
         acc = ix[ok[ix]]
         out_a[acc], out_f[acc] = alpha[acc], phi[acc]
