@@ -20,6 +20,8 @@ comparison interleaved in one run (ours, sklearn, ours, ...) so both sides see t
 3. **Small problems like the demo**: 27 probes (4 groups: pooled + 4 group + 4 leave-out, x 3 seeds) of ~1,520
    tokens x 32 dims x 40 classes with a 4-value lambda grid chosen on held-out training speakers: ``fit_select``
    (one call) against scikit-learn fitting the 108 selection problems and the 27 refits one by one.
+4. **Cost of lambda selection** on the part-1 workload: ``fit_select`` (4-value grid, a quarter of each probe's
+   speakers held out, refit on all) in units of one ``fit_batched`` of the same probes at one lambda.
 
 Run:  python bench/bench_probes.py                 (all parts; ~10 min on one quiet core)
       python bench/bench_probes.py --quick         (small sizes, a smoke test)
@@ -41,6 +43,7 @@ import torch
 from phonefair.probes import TrainerConfig, build_populations, fit_batched
 from phonefair.probes.fit import resolve_device
 from phonefair.probes.populations import inner_split
+from phonefair.probes.solver import BF16_MIN_ROWS, compute_dtype
 from phonefair.probes.trainer import fit_select
 
 
@@ -263,7 +266,10 @@ def part_growth(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -
     print(f"[2] growth: 21 probes at 1x/2x/4x tokens ({a.growth_base} tokens per speaker at 1x)", flush=True)
     wls = {s: Workload(LazySimSource(train_tokens=a.growth_base * s, dim=a.dim, n_layers=13,
                                      test_tokens=20), a.layer, a.seeds, dev) for s in (1, 2, 4)}
-    cfg = TrainerConfig(threads=a.threads)
+    # one precision at every scale ("auto" would switch to float32 below 16,384 rows per problem)
+    fixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype("auto", dev, BF16_MIN_ROWS), "fp32")
+    cfg = TrainerConfig(threads=a.threads, precision=fixed)
+    print(f"  precision {fixed} at every scale", flush=True)
     for r in range(a.repeats):
         for s, wl in wls.items():
             P = len(wl.pops)
@@ -362,6 +368,42 @@ def part_small(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) ->
                     "test_acc_diff_points_max_abs": float(np.abs(d).max())}
 
 
+def part_select_cost(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -> None:
+    """fit_select on the part-1 workload (4-value grid, a quarter of each probe's speakers held out) against one
+    fit_batched of the same probes at one lambda: the cost of lambda selection in units of one fit."""
+    src = LazySimSource(train_tokens=a.train_tokens, dim=a.dim, n_layers=13, test_tokens=20)
+    wl = Workload(src, a.layer, a.seeds, dev)
+    P, grid = len(wl.pops), (1e-4, 1e-3, 1e-2, 1e-1)
+    spk = pd.Series(wl.tok["speaker"].to_numpy(), index=wl.tok["row"].to_numpy())
+    splits = [inner_split(p, spk, val_fraction=0.25, seed=0) for p in wl.pops]
+
+    def pad(lists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(len(v) for v in lists)
+        r = np.zeros((len(lists), n), dtype=np.int64)
+        w = np.zeros((len(lists), n), dtype=np.float32)
+        for i, v in enumerate(lists):
+            r[i, :len(v)], w[i, :len(v)] = wl.local(v), 1.0
+        return torch.from_numpy(r).to(dev), torch.from_numpy(w).to(dev)
+
+    fr, fw = pad([f for f, _ in splits])
+    vr, vw = pad([v for _, v in splits])
+    mask = torch.ones(P, wl.C, dtype=torch.bool, device=dev)
+    cfg = TrainerConfig(threads=a.threads)
+    print(f"[4] lambda selection cost: {P} probes x {wl.sizes['n_tokens']} tokens, grid {grid}", flush=True)
+    t_sel, t_one = [], []
+    for r in range(a.repeats):
+        w1, _, sel = _timed(lambda: fit_select(wl.x, wl.y, fr, fw, vr, vw, wl.rows, wl.w, mask, mask, grid, cfg,
+                                               seed=r))
+        w2, _, _ = _timed(lambda: fit_batched(wl.x, wl.y, wl.rows, wl.w, mask, torch.full((P, 1), a.l2, device=dev),
+                                              cfg, seed=r))
+        t_sel.append(w1), t_one.append(w2)
+        print(f"  repeat {r}: fit_select {w1:.2f} s, one fit {w2:.2f} s ({w1 / w2:.2f} fits); chosen lambda "
+              f"{sorted(set(sel.l2.tolist()))}, iterations {sel.n_iter}", flush=True)
+    print(f"  fit_select = {_med(t_sel) / _med(t_one):.2f} single fits (medians {_med(t_sel):.2f} s / "
+          f"{_med(t_one):.2f} s)", flush=True)
+    out["select_cost"] = {"fit_select_s": t_sel, "single_fit_s": t_one, "ratio": _med(t_sel) / _med(t_one)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-tokens", type=int, default=1250, help="training tokens per speaker (40 speakers)")
@@ -373,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sk-fits", type=int, default=3, help="sklearn fits per tol (extrapolated to all probes)")
     ap.add_argument("--growth-base", type=int, default=312, help="tokens per speaker at 1x in the growth part")
     ap.add_argument("--small-repeats", type=int, default=3)
-    ap.add_argument("--parts", default="1,2,3", help="which parts to run")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precisions", default="auto", help="part 1: precisions of our solver to time (first: main)")
     ap.add_argument("--threads", type=int, default=1,
@@ -396,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         part_growth(a, dev, out)
     if "3" in parts:
         part_small(a, dev, out)
+    if "4" in parts:
+        part_select_cost(a, dev, out)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=2, default=float)

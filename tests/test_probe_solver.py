@@ -223,13 +223,15 @@ def test_precision_rule():
         S.compute_dtype("fp8", cpu, 10)
 
 
-def test_bf16_path_reaches_the_optimum():
-    """Forced bfloat16 rows and products: same held-out predictions and objective as float32, within tolerance."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_paths_reach_the_optimum(precision):
+    """Forced 16-bit rows and products: same held-out predictions and objective as float32, within tolerance."""
     x, y = _blobs(8, 6000, dim=24)
     rows = [np.arange(5000)]
     f32 = _fit(x, y, rows, [1e-3], TrainerConfig(precision="fp32", tol=1e-6))
-    b16 = _fit(x, y, rows, [1e-3], TrainerConfig(precision="bf16", tol=1e-4))
-    assert b16.extra["precision"] == "bfloat16" and bool(b16.extra["converged"].all())
+    b16 = _fit(x, y, rows, [1e-3], TrainerConfig(precision=precision, tol=1e-4))
+    assert b16.extra["precision"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert bool(b16.extra["converged"].all())
     test = torch.from_numpy(x[5000:])
     agree = (f32.predict(test) == b16.predict(test)).float().mean()
     assert agree >= 0.995

@@ -358,15 +358,13 @@ class _Batch:
         ``w (P - Y) / max(w)`` (so float16 keeps them in its normal range)."""
         q, C, n = R.shape
         D1 = self.width
-        G = torch.empty(q, C, D1, dtype=self.dtype, device=R.device)
+        G = torch.empty(q, C, D1, device=R.device)
         for s, q0, q1 in self.runs(st.slot):
-            g = torch.mm(R[q0:q1].view(-1, n), self.z[s], out=G[q0:q1].view(-1, D1))
+            g = torch.mm(R[q0:q1].view(-1, n), self.z[s])
             if self.dtype == torch.float16 and not bool(torch.isfinite(g).all()):  # float16 range exceeded: redo
-                G[q0:q1] = 0
-                G = G.to(torch.float32) if G.dtype != torch.float32 else G
-                G[q0:q1] = (R[q0:q1].view(-1, n).to(torch.float32) @ self.z[s].to(torch.float32)).view(q1 - q0,
-                                                                                                      C, D1)
-        G = G.to(torch.float32) * self.wmax[st.slot][:, None, None]
+                g = R[q0:q1].view(-1, n).to(torch.float32) @ self.z[s].to(torch.float32)
+            G[q0:q1] = g.view(q1 - q0, C, D1)
+        G = G * self.wmax[st.slot][:, None, None]
         a, c = self.a[st.slot], self.c[st.slot]
         D = self.rs.dim
         gb = G[..., D]
