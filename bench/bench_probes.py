@@ -282,7 +282,7 @@ def part_growth(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -
                   f"iterations {int(pr.extra['n_iter'].max())}", flush=True)
     e_w = float(np.log(_med(times[4]) / _med(times[1])) / np.log(4))
     e_c = float(np.log(_med(cpus[4]) / _med(cpus[1])) / np.log(4))
-    print(f"  medians: " + ", ".join(f"{s}x {_med(times[s]):.2f} s" for s in times)
+    print("  medians: " + ", ".join(f"{s}x {_med(times[s]):.2f} s" for s in times)
           + f"; growth exponent {e_w:.2f} (wall), {e_c:.2f} (CPU)", flush=True)
     out["growth"] = {"wall_s": {str(k): v for k, v in times.items()}, "cpu_s": {str(k): v for k, v in cpus.items()},
                      "exponent_wall": e_w, "exponent_cpu": e_c}

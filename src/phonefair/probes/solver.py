@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from phonefair.errors import ConfigError, DataError
+from phonefair.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 BF16_MIN_ROWS = 16384  # "auto" precision: bfloat16 only when every problem has at least this many rows
@@ -62,11 +62,11 @@ def compute_dtype(precision: str, device: torch.device, rows: int) -> torch.dtyp
     """The dtype of the rows and the two matrix products per iteration, for problems of at least ``rows`` rows.
 
     ``"auto"``, when every problem has at least ``BF16_MIN_ROWS`` rows: float16 on CUDA (tensor cores run it as
-    fast as bfloat16, with 8x finer rounding); bfloat16 on CPUs with AMX or AVX512-BF16 (3-6x faster than float32
-    there; float16 has no matrix units on those CPUs); float32 otherwise. Why the size rule: rounding the logit updates and the rows to
-    bfloat16 adds per-row noise (relative 2^-9) whose effect on the gradient averages out only as ``1/sqrt(n)``
-    (about ``1e-3 / sqrt(n)`` on encoder-like data: below 1e-5 from ~10^4 rows), and small problems spend their time
-    in per-operation overheads, where bfloat16 buys nothing.
+    fast as bfloat16, with 8x finer rounding); bfloat16 on CPUs with AMX or AVX512-BF16 (2-6x faster than float32
+    there, depending on load; float16 has no matrix units on those CPUs); float32 otherwise. Why the size rule:
+    rounding the logit updates and the rows adds per-row noise (relative 2^-9 in bfloat16) whose effect on the
+    gradient averages out only as ``1/sqrt(n)`` (about ``1e-3 / sqrt(n)`` on encoder-like data: below 1e-5 from
+    ~10^4 rows), and small problems spend their time in per-operation overheads, where 16 bits buy nothing.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -292,7 +292,6 @@ class _Batch:
         self.set_ids = torch.tensor(set_ids, dtype=torch.long, device=dev)
         sizes = [int(rs.members[s].numel()) for s in set_ids]
         self.n = n = max(sizes)
-        D = rs.dim
         self.dtype = rs.data.dtype
         self.width = W = int(rs.data.shape[1])
         self.z: list[torch.Tensor] = []  # per set: [n, width]
@@ -426,7 +425,7 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
                 d2[ps] += ((eu.mul_(Uc).sum(1, keepdim=True).div_(tot) - spu * spu).squeeze(1) * wc).sum(1)
         if R is not None:
             ws = wc if r_scale is None else wc * r_scale[ps, None]
-            E.mul_((ws[:, None, :] / tot))  # w p (scaled)
+            E.mul_(ws[:, None, :] / tot)  # w p (scaled)
             E.scatter_add_(1, yc, -ws[:, None, :])  # minus w y, in float32 (keeps 1 - p_y exact)
             if not curvature:  # f' = sum R U: one fused reduction
                 rs_ = 1.0 if r_scale is None else r_scale[ps]
