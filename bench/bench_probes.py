@@ -356,12 +356,12 @@ def part_small(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) ->
         print(f"  repeat {r}: fit_select {wall:.2f} s (one fit at one lambda: {w1:.2f} s); sklearn one by one "
               + ", ".join(f"tol={k:g} {v[-1]:.2f} s" for k, v in t_s.items()), flush=True)
     assert res_o is not None and res_s is not None
-    same = float((res_o[0] == res_s[0]).mean())
+    same = float(np.isclose(res_o[0], res_s[0], rtol=1e-5).mean())
     d = 100 * (res_o[1] - res_s[1])
     print(f"  fit_select {_med(t_o):.2f} s (range {_rng(t_o)}) = {_med(t_o) / _med(t_1):.1f} single fits; "
           + "; ".join(f"sklearn tol={k:g} {_med(v):.2f} s ({_med(v) / _med(t_o):.1f}x)" for k, v in t_s.items())
           + f"; same lambda as sklearn (tol 1e-4) for {100 * same:.0f} % of probes; test accuracy difference "
-          f"max |.| {np.abs(d).max():.3f} points", flush=True)
+          f"max |.| {np.abs(d).max():.3f} points, mean {d.mean():+.3f}", flush=True)
     out["small"] = {"probes": P, "tokens": wl.sizes["n_tokens"], "grid": list(grid), "fit_select_s": t_o,
                     "single_fit_s": t_1, "cost_in_single_fits": _med(t_o) / _med(t_1),
                     "sklearn_s": {str(k): v for k, v in t_s.items()}, "same_lambda_fraction": same,

@@ -55,6 +55,7 @@ _CHUNK = 4096
 # a problem whose logits have at least this many entries is evaluated on its own (views, no gathers)
 _BIG = 1 << 16
 _C2 = 0.1
+_REFRESH = 4
 
 
 # ----------------------------------------------------------------------------------------------------- settings
@@ -374,9 +375,8 @@ class _Batch:
 def _blocks(q: int, cols: slice, C: int, pend: list[int], cuda: bool) -> list[tuple[slice, slice]]:
     """(problem slice, column slice) blocks for element-wise work.
 
-    Small problems, and every problem on a GPU: one block with every problem (re-evaluating an already accepted
-    problem reproduces its values). Big problems on a CPU: the pending ones, one at a time, in column chunks that
-    stay in cache.
+    Small problems, and every problem on a GPU: one block (the caller gathers the pending problems first). Big
+    problems on a CPU: the pending ones, one at a time, in column chunks that stay in cache.
     """
     n0, n1 = cols.start or 0, cols.stop
     if cuda or C * (n1 - n0) < _BIG:
@@ -394,9 +394,22 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
     Optional outputs for the same point: the new logits ``Lnew``, the weighted residuals ``R = w (P - Y) r_scale``
     in ``R``'s dtype, and the class curvature ``A = sum_i w_i (diag p_i - p_i p_i^T)`` (estimated from the first
     ``a_cols`` columns, a random subsample, when ``a_cols`` > 0; overwritten for the evaluated problems). Entries of
-    problems not evaluated (not pending, big problems only) are zero.
+    problems not evaluated (not in ``pend``) are zero.
     """
-    q, C, _ = L.shape
+    q, C, n_all = L.shape
+    if len(pend) < q and (L.is_cuda or C * n_all < _BIG):  # one block of the pending problems only: gather them
+        ix = torch.tensor(pend, device=L.device)
+        sub = [None if t is None else t[ix] for t in (Lnew, R, A)]
+        fs, d1s, d2s = _evaluate(L[ix], U[ix], alpha[ix], y[ix], w[ix], cols, list(range(len(pend))),
+                                 curvature=curvature, Lnew=sub[0], R=sub[1], A=sub[2], a_cols=a_cols,
+                                 r_scale=None if r_scale is None else r_scale[ix])
+        for full, part in zip((Lnew, R, A), sub, strict=True):
+            if full is not None:
+                full[ix] = part
+        out = [torch.zeros(q, device=L.device) for _ in range(3)]
+        for o, v in zip(out, (fs, d1s, d2s), strict=True):
+            o[ix] = v
+        return out[0], out[1], out[2]
     f = torch.zeros(q, device=L.device)
     d1 = torch.zeros_like(f)
     d2 = torch.zeros_like(f)
@@ -702,7 +715,7 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
         d0 = _dot(R, U) * bt.wmax[st.slot] + st.lam * (st.W * dW).sum((1, 2))
         flat = d0 >= 0  # no descent left at this precision: counts as a stalled step
         it += 1
-        refresh = it <= 2 or it % 4 == 0  # the class curvature settles after the first steps
+        refresh = it <= 2 or it % _REFRESH == 0  # the class curvature settles after the first steps
         alpha, f_new, stalled = _line_search(st, bt, U, dW, d0.clamp_max(-1e-30), 1.0 / scale, Lnew, R,
                                              A if refresh else None)
         stalled |= flat
