@@ -554,15 +554,13 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
     slack = 1e-6 * st.f.abs() + 1e-12  # float32 sums over many rows: never reject a step for rounding alone
     pend = list(range(q))
     for r in range(rounds):
-        f, d1, d2 = _evaluate(st.L, U, alpha, st.y, st.w, slice(0, n), pend, curvature=not bt.n_sub, Lnew=Lnew,
-                              R=R, A=A, a_cols=bt.n_sub, r_scale=r_scale)
+        f, d1, _ = _evaluate(st.L, U, alpha, st.y, st.w, slice(0, n), pend, curvature=False, Lnew=Lnew,
+                             R=R, A=A, a_cols=bt.n_sub, r_scale=r_scale)
         phi = f + 0.5 * lam * (ww + 2 * alpha * wd + alpha * alpha * dd)
         g = d1 + lam * (wd + alpha * dd)
-        if not bt.n_sub:
-            curv = (d2 + lam * dd).clamp_min(1e-30)
-        else:  # secant through phi'(0) and phi'(alpha) on the full rows: exact for a quadratic
-            sec = (g - d0) / alpha.clamp_min(1e-30)
-            curv = torch.where(sec > 0, sec, curv.clamp_min(1e-30))
+        # secant through phi'(0) and phi'(alpha) on the full rows: exact for a quadratic
+        sec = (g - d0) / alpha.clamp_min(1e-30)
+        curv = torch.where(sec > 0, sec, curv.clamp_min(1e-30))
         armijo = phi <= st.f + 1e-4 * alpha * d0 + slack
         ok = armijo if r == rounds - 1 else armijo & (g.abs() <= _C2 * d0.abs())
         ix = torch.tensor(pend, device=dev)
