@@ -1,18 +1,30 @@
-"""Benchmark: batched PyTorch probes vs scikit-learn ``LogisticRegression(solver="lbfgs")`` fitted one by one.
+"""Benchmark: the exact batched probe solver vs scikit-learn ``LogisticRegression(solver="lbfgs")``.
 
 Data: simulated encoder-like embeddings (768 dims, 39 phone classes, 3 speaker groups), generated layer by layer on
-read so only one layer is ever resident. Features are anisotropic and correlated (a 32-dim high-variance nuisance
-subspace plus per-feature offsets), like real encoder layers, which is what makes first-order optimisers slow.
+read. Features are anisotropic and correlated (a 32-dim high-variance nuisance subspace plus per-feature offsets),
+like real encoder layers, which is what makes first-order optimisers slow.
 
-For ONE layer, every probe (pooled + group + leave-out populations x 3 seeds = 21 probes, ~50k training tokens each,
-size-matched) is fitted with the same L2 (lambda, i.e. sklearn ``C = 1 / (lambda * n)``) by
-  (a) the batched trainer (all probes in one batch), repeated ``--repeats`` times, median reported;
-  (b) scikit-learn, one probe after another on the same standardised rows. When ``--sk-fits`` < 21 only that many
-      probes are fitted and the total is extrapolated from the median time per fit (reported as such).
-Then the batched fit of all probes of all ``--layers`` layers is timed (read + fit + predict per layer).
+Four parts, every timing with the same thread count on both sides (``--threads``; torch, BLAS and OpenMP), every
+comparison interleaved in one run (ours, sklearn, ours, ...) so both sides see the same machine load:
 
-Run:  python bench/bench_probes.py               (defaults: 50k tokens/population, 13 layers, 3 sklearn fits)
-      python bench/bench_probes.py --quick       (small sizes, a smoke test)
+1. **One layer, 21 probes** (pooled + group + leave-out populations x 3 seeds, ~50k training tokens each,
+   size-matched), one L2 (lambda; sklearn ``C = 1 / (lambda n)``): ``fit_batched`` on all probes, ``--repeats``
+   times, against scikit-learn one probe after another with ``tol=1e-3`` and with its default ``tol=1e-4``
+   (``--sk-fits`` probes each, the 21-probe total extrapolated from the median per fit). Held-out accuracy of every
+   fit is compared with *the optimum*: the same problems solved to max|gradient| <= 1e-7 in float32 (untimed).
+   The 3 seeds of a group probe use all of the group's tokens, so they are the same problem and the solver fits it
+   once; a second timing makes those probes distinct (each seed drops one different row) to show the cost of 21
+   distinct problems.
+2. **Growth** in data: the same 21 probes at 1x, 2x and 4x tokens (``--growth-base`` tokens per speaker at 1x);
+   the exponent ``log(t4 / t1) / log 4`` (1 = linear).
+3. **Small problems like the demo**: 27 probes (4 groups: pooled + 4 group + 4 leave-out, x 3 seeds) of ~1,520
+   tokens x 32 dims x 40 classes with a 4-value lambda grid chosen on held-out training speakers: ``fit_select``
+   (one call) against scikit-learn fitting the 108 selection problems and the 27 refits one by one.
+4. **Cost of lambda selection** on the part-1 workload: ``fit_select`` (4-value grid, a quarter of each probe's
+   speakers held out, refit on all) in units of one ``fit_batched`` of the same probes at one lambda.
+
+Run:  python bench/bench_probes.py                 (all parts; ~10 min on one quiet core)
+      python bench/bench_probes.py --quick         (small sizes, a smoke test)
 """
 
 from __future__ import annotations
@@ -21,14 +33,18 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from phonefair.probes import TrainerConfig, build_populations, fit_batched, fit_probes
+from phonefair.probes import TrainerConfig, build_populations, fit_batched
 from phonefair.probes.fit import resolve_device
+from phonefair.probes.populations import inner_split
+from phonefair.probes.solver import BF16_MIN_ROWS, compute_dtype
+from phonefair.probes.trainer import fit_select
 
 
 class LazySimSource:
@@ -36,8 +52,9 @@ class LazySimSource:
 
     def __init__(self, *, n_groups: int = 3, train_speakers: int = 40, train_tokens: int = 1250,
                  test_speakers: int = 10, test_tokens: int = 300, n_classes: int = 39, dim: int = 768,
-                 n_layers: int = 13, seed: int = 0) -> None:
+                 n_layers: int = 13, seed: int = 0, signal: float = 1.0) -> None:
         rng = np.random.default_rng(seed)
+        self.signal = signal  # scales the class means (few dims need a stronger signal for a realistic accuracy)
         frames = []
         for gi in range(n_groups):
             g = "ABCDEFG"[gi]
@@ -57,165 +74,375 @@ class LazySimSource:
         li = self.layers.index(str(layer))
         rng = np.random.default_rng([self.seed, li])
         D, C = self.dim, self.n_classes
-        basis = rng.normal(size=(64, D)) / 8
-        mu = rng.normal(0, 0.1 + 0.01 * li, (C, 64)) @ basis  # class structure in a 64-dim subspace
+        k = min(64, D)
+        basis = rng.normal(size=(k, D)) / 8
+        mu = self.signal * rng.normal(0, 0.1 + 0.01 * li, (C, k)) @ basis  # class structure in a low-dim subspace
         shift = rng.normal(0, 0.04, (C, D))  # group C's systematic shift
-        nuisance = rng.normal(0, 1, (32, D))
+        nuisance = rng.normal(0, 1, (min(32, D), D))
         offset = rng.normal(0, 3, D)
         tok = self.tokens if rows is None else self.tokens.iloc[np.asarray(rows)]
         n = len(tok)
         y = tok["y"].to_numpy()
         spk_codes, spk_idx = np.unique(tok["speaker"].to_numpy(), return_inverse=True)
         spk_off = rng.normal(0, 0.15, (len(spk_codes), D))
-        x = mu[y] + rng.normal(0, 1, (n, D)) + rng.normal(size=(n, 32)) @ nuisance + offset + spk_off[spk_idx]
+        x = (mu[y] + rng.normal(0, 1, (n, D)) + rng.normal(size=(n, nuisance.shape[0])) @ nuisance + offset
+             + spk_off[spk_idx])
         x += np.where((tok["group"].to_numpy() == "C")[:, None], shift[y], 0.0)
         return x.astype(np.float32)
 
 
-def _median(xs: list[float]) -> float:
+def _med(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+def _rng(xs: Sequence[float]) -> str:
+    return f"{min(xs):.2f}-{max(xs):.2f}"
+
+
+def _timed(f: Callable[[], Any]) -> tuple[float, float, Any]:
+    t, c = time.perf_counter(), time.process_time()
+    out = f()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
+class Workload:
+    """Resident rows of one layer, the probes' rows and the test rows, as tensors for the trainer."""
+
+    def __init__(self, src: LazySimSource, layer: str, seeds: int, dev: torch.device,
+                 kinds: Sequence[str] = ("pooled", "group", "leave_out")) -> None:
+        tok = src.tokens.assign(row=np.arange(len(src.tokens)))
+        self.tok = tok
+        self.pops, self.sizes = build_populations(tok[tok.split == "train"], kinds=kinds, seeds=tuple(range(seeds)))
+        test_rows = tok.index[tok.split == "test"].to_numpy()
+        self.resident = np.unique(np.concatenate([p.rows for p in self.pops] + [test_rows]))
+        self.x_np = src.read(layer, self.resident)
+        self.x = torch.from_numpy(self.x_np).to(dev)
+        self.y_np = tok["y"].to_numpy()[self.resident]
+        self.y = torch.from_numpy(self.y_np).to(dev)
+        self.rows = torch.from_numpy(np.stack([self.local(p.rows) for p in self.pops])).to(dev)
+        self.w = torch.ones(self.rows.shape, device=dev)
+        self.test = torch.from_numpy(self.local(test_rows)).to(dev)
+        self.y_test = tok["y"].to_numpy()[test_rows]
+        self.C = src.n_classes
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.resident, rows)
+
+    def accuracy(self, pred: np.ndarray) -> np.ndarray:
+        return (pred == self.y_test[:, None]).mean(0)
+
+
+def _sk_fit(xr: np.ndarray, yr: np.ndarray, lam: float, tol: float) -> tuple[Any, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    sc = StandardScaler().fit(xr)
+    m = LogisticRegression(C=1.0 / (lam * len(yr)), solver="lbfgs", tol=tol, max_iter=5000)
+    m.fit(sc.transform(xr), yr)
+    return sc, m
+
+
+def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -> None:
+    src = LazySimSource(train_tokens=a.train_tokens, dim=a.dim, n_layers=13, test_tokens=max(20, a.train_tokens // 4))
+    wl = Workload(src, a.layer, a.seeds, dev)
+    P = len(wl.pops)
+    mask = torch.ones(P, wl.C, dtype=torch.bool, device=dev)
+    l2 = torch.full((P, 1), a.l2, device=dev)
+    precs = [v.strip() for v in a.precisions.split(",")]
+    cfgs = {pr_: TrainerConfig(threads=a.threads, precision=pr_) for pr_ in precs}
+    cfg = cfgs[precs[0]]
+    print(f"[1] one layer ({a.layer}): {P} probes x {wl.sizes['n_tokens']} training tokens x {a.dim} dims x {wl.C} "
+          f"classes, lambda {a.l2}; device {dev}; threads {a.threads}", flush=True)
+    # the optimum (untimed)
+    ref = fit_batched(wl.x, wl.y, wl.rows, wl.w, mask, l2, TrainerConfig(precision="fp32", tol=1e-7, max_iter=1000,
+                                                                            threads=a.threads))
+    acc_opt = wl.accuracy(ref.predict(wl.x[wl.test])[:, :, 0].cpu().numpy())
+    # 21 distinct problems: each seed of a group probe drops one different row
+    rows_d, w_d = wl.rows.clone(), wl.w.clone()
+    for i, p in enumerate(wl.pops):
+        if p.kind == "group":
+            w_d[i, p.seed] = 0.0
+
+    def ours(rows: torch.Tensor, w: torch.Tensor, seed: int, c: TrainerConfig = cfg) -> tuple[np.ndarray, Any]:
+        pr = fit_batched(wl.x, wl.y, rows, w, mask, l2, c, seed=seed)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return pr.predict(wl.x[wl.test])[:, :, 0].cpu().numpy(), pr
+
+    def exact_gradient(pr: Any) -> float:
+        """max |gradient| of the returned weights on the float32 rows, in float64 (untimed check)."""
+        out = 0.0
+        for i in range(P):
+            z = (wl.x[wl.rows[i]].double() - pr.mean[i].double()) / pr.scale[i].double()
+            W, b = pr.params["W"][i, 0].double(), pr.params["b"][i, 0].double()
+            R = torch.softmax(z @ W + b, 1)
+            R[torch.arange(len(z), device=R.device), wl.y[wl.rows[i]]] -= 1
+            g = torch.cat([(z.T @ R / len(z) + a.l2 * W).flatten(), R.mean(0)])
+            out = max(out, float(g.abs().max()))
+        return out
+
+    extra_prec: dict[str, dict[str, list[float]]] = {p_: {"wall": [], "cpu": [], "dmax": [], "grad": []}
+                                                     for p_ in precs[1:]}
+
+    def sk(i: int, tol: float) -> tuple[float, int]:
+        p = wl.pops[i]
+        xr = wl.x_np[wl.local(p.rows)]
+        sc, m = _sk_fit(xr, wl.tok["y"].to_numpy()[p.rows], a.l2, tol)
+        acc = float((m.predict(sc.transform(wl.x_np[wl.test.cpu().numpy()])) == wl.y_test).mean())
+        return acc, int(m.n_iter_[0])
+
+    t_o, c_o, t_d, c_d, acc_o = [], [], [], [], None
+    sk_res: dict[float, dict[str, list[float]]] = {tol: {"wall": [], "cpu": [], "acc": [], "iter": [], "probe": []}
+                                                   for tol in (1e-3, 1e-4)}
+    info: dict[str, Any] = {}
+    for r in range(max(a.repeats, a.sk_fits)):
+        if r < a.repeats:
+            wall, cpu, (pred, pr) = _timed(lambda: ours(wl.rows, wl.w, r))
+            t_o.append(wall), c_o.append(cpu)
+            acc_o = wl.accuracy(pred)
+            info.update({k: pr.extra[k] for k in ("precision", "threads", "distinct_problems")})
+            it = pr.extra["n_iter"][:, 0]
+            print(f"  ours repeat {r}: {wall:.2f} s wall, {cpu:.2f} s CPU; {info['distinct_problems']} distinct "
+                  f"problems, iterations {int(it.min())}-{int(it.max())}, all converged: "
+                  f"{bool(pr.extra['converged'].all())}", flush=True)
+            if r == 0:
+                g_ex = exact_gradient(pr)
+                info["exact_grad_max"] = g_ex
+                print(f"  exact float64 max |gradient| of the returned probes: {g_ex:.2e}", flush=True)
+            wall, cpu, _ = _timed(lambda: ours(rows_d, w_d, r))
+            t_d.append(wall), c_d.append(cpu)
+            print(f"  ours repeat {r}, 21 distinct problems: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+            for p_, res_p in extra_prec.items():
+                wall, cpu, (pred_p, pr_p) = _timed(lambda: ours(wl.rows, wl.w, r, cfgs[p_]))
+                d_p = 100 * (wl.accuracy(pred_p) - acc_opt)
+                res_p["wall"].append(wall), res_p["cpu"].append(cpu), res_p["dmax"].append(float(np.abs(d_p).max()))
+                if r == 0:
+                    res_p["grad"].append(exact_gradient(pr_p))
+                print(f"  ours precision={p_} repeat {r}: {wall:.2f} s wall, {cpu:.2f} s CPU, held-out accuracy "
+                      f"- optimum max |.| {np.abs(d_p).max():.3f} points", flush=True)
+        if r < a.sk_fits:
+            i = (r * 7) % P  # spread the timed probes over the populations
+            for tol, res in sk_res.items():
+                wall, cpu, (acc, n_it) = _timed(lambda: sk(i, tol))
+                for k, v in (("wall", wall), ("cpu", cpu), ("acc", acc), ("iter", n_it), ("probe", i)):
+                    res[k].append(v)
+                print(f"  sklearn tol={tol:g} probe {i} ({wl.pops[i].label} seed {wl.pops[i].seed}): {wall:.2f} s "
+                      f"wall, {cpu:.2f} s CPU, {n_it} iterations, held-out acc {acc:.5f} (optimum "
+                      f"{acc_opt[i]:.5f})", flush=True)
+    assert acc_o is not None
+    d_o = 100 * (acc_o - acc_opt)
+    res1: dict[str, Any] = {"probes": P, "train_tokens": wl.sizes["n_tokens"], "dim": a.dim, "classes": wl.C,
+                            "l2": a.l2, **info,
+                            "ours_wall_s": t_o, "ours_cpu_s": c_o, "ours_distinct21_wall_s": t_d,
+                            "ours_distinct21_cpu_s": c_d,
+                            "ours_acc_minus_opt_points": {"max_abs": float(np.abs(d_o).max()),
+                                                          "mean": float(d_o.mean())},
+                            "opt_acc": [float(v) for v in acc_opt], "ours_acc": [float(v) for v in acc_o]}
+    print(f"  held-out accuracy, ours - optimum over all {P} probes: max |.| {np.abs(d_o).max():.3f} points, "
+          f"mean {d_o.mean():+.4f}")
+    for tol, res in sk_res.items():
+        if not res["wall"]:
+            continue
+        d_s = [100 * (acc - acc_opt[i]) for acc, i in zip(res["acc"], res["probe"], strict=True)]
+        tot_w, tot_c = _med(res["wall"]) * P, _med(res["cpu"]) * P
+        res1[f"sklearn_tol{tol:g}"] = {"wall_s_per_fit": res["wall"], "cpu_s_per_fit": res["cpu"],
+                                       "iterations": res["iter"], "acc_minus_opt_points": d_s,
+                                       "total_wall_s_extrapolated": tot_w, "total_cpu_s_extrapolated": tot_c}
+        for name, tw, tc in (("", t_o, c_o), (" (21 distinct)", t_d, c_d)):
+            sw, sc_ = tot_w / _med(tw), tot_c / _med(tc)
+            res1[f"speedup_vs_sklearn_tol{tol:g}{name.replace(' ', '_')}"] = {"wall": sw, "cpu": sc_}
+            print(f"  ours{name} {_med(tw):.2f} s (range {_rng(tw)}) vs sklearn tol={tol:g} {tot_w:.1f} s "
+                  f"({len(res['wall'])} fits, {_med(res['wall']):.2f} s/fit, range {_rng(res['wall'])}, x{P}): "
+                  f"{sw:.1f}x wall, {sc_:.1f}x CPU", flush=True)
+        print(f"  sklearn tol={tol:g} held-out accuracy - optimum: {', '.join(f'{v:+.3f}' for v in d_s)} points")
+    res1["precision_variants"] = extra_prec
+    out["one_layer"] = res1
+
+
+def part_growth(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -> None:
+    times: dict[int, list[float]] = {}
+    cpus: dict[int, list[float]] = {}
+    print(f"[2] growth: 21 probes at 1x/2x/4x tokens ({a.growth_base} tokens per speaker at 1x)", flush=True)
+    wls = {s: Workload(LazySimSource(train_tokens=a.growth_base * s, dim=a.dim, n_layers=13,
+                                     test_tokens=20), a.layer, a.seeds, dev) for s in (1, 2, 4)}
+    # one precision at every scale ("auto" would switch to float32 below 16,384 rows per problem)
+    fixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype("auto", dev, BF16_MIN_ROWS), "fp32")
+    cfg = TrainerConfig(threads=a.threads, precision=fixed)
+    print(f"  precision {fixed} at every scale", flush=True)
+    for r in range(a.repeats):
+        for s, wl in wls.items():
+            P = len(wl.pops)
+            mask = torch.ones(P, wl.C, dtype=torch.bool, device=dev)
+            l2 = torch.full((P, 1), a.l2, device=dev)
+            wall, cpu, pr = _timed(lambda: fit_batched(wl.x, wl.y, wl.rows, wl.w, mask, l2, cfg, seed=r))
+            times.setdefault(s, []).append(wall)
+            cpus.setdefault(s, []).append(cpu)
+            print(f"  {s}x ({wl.sizes['n_tokens']} tokens/probe) repeat {r}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
+                  f"iterations {int(pr.extra['n_iter'].max())}", flush=True)
+    e_w = float(np.log(_med(times[4]) / _med(times[1])) / np.log(4))
+    e_c = float(np.log(_med(cpus[4]) / _med(cpus[1])) / np.log(4))
+    print("  medians: " + ", ".join(f"{s}x {_med(times[s]):.2f} s" for s in times)
+          + f"; growth exponent {e_w:.2f} (wall), {e_c:.2f} (CPU)", flush=True)
+    out["growth"] = {"wall_s": {str(k): v for k, v in times.items()}, "cpu_s": {str(k): v for k, v in cpus.items()},
+                     "exponent_wall": e_w, "exponent_cpu": e_c}
+
+
+def part_small(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -> None:
+    src = LazySimSource(n_groups=4, train_speakers=10, train_tokens=152, test_speakers=5, test_tokens=152,
+                        n_classes=40, dim=32, n_layers=1, signal=30.0)  # ~60 % held-out accuracy
+    wl = Workload(src, "0", 3, dev)
+    P, grid = len(wl.pops), (1e-4, 1e-3, 1e-2, 1e-1)
+    spk = pd.Series(wl.tok["speaker"].to_numpy(), index=wl.tok["row"].to_numpy())
+    splits = [inner_split(p, spk, val_fraction=0.25, seed=0) for p in wl.pops]
+
+    def pad(lists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(len(v) for v in lists)
+        r = np.zeros((len(lists), n), dtype=np.int64)
+        w = np.zeros((len(lists), n), dtype=np.float32)
+        for i, v in enumerate(lists):
+            r[i, :len(v)], w[i, :len(v)] = wl.local(v), 1.0
+        return torch.from_numpy(r).to(dev), torch.from_numpy(w).to(dev)
+
+    fr, fw = pad([f for f, _ in splits])
+    vr, vw = pad([v for _, v in splits])
+    ur, uw = pad([p.rows for p in wl.pops])
+
+    def mask_of(r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(P, wl.C, dtype=torch.bool, device=dev)
+        m[torch.arange(P, device=dev)[:, None].expand_as(r)[w > 0], wl.y[r][w > 0]] = True
+        return m
+
+    fm, um = mask_of(fr, fw), mask_of(ur, uw)
+    cfg = TrainerConfig(threads=a.threads)
+    yall = wl.tok["y"].to_numpy()
+    xt = wl.x_np[wl.test.cpu().numpy()]
+    print(f"[3] small problems like the demo: {P} probes x ~{wl.sizes['n_tokens']} tokens x 32 dims x {wl.C} "
+          f"classes, lambda grid {grid} on held-out speakers, then refit", flush=True)
+
+    def ours() -> tuple[np.ndarray, np.ndarray]:
+        sel = fit_select(wl.x, wl.y, fr, fw, vr, vw, ur, uw, fm, um, grid, cfg, seed=0)
+        return sel.l2.cpu().numpy(), wl.accuracy(sel.probes.predict(wl.x[wl.test])[:, :, 0].cpu().numpy())
+
+    def single() -> None:
+        fit_batched(wl.x, wl.y, ur, uw, um, torch.full((P, 1), 1e-2, device=dev), cfg)
+
+    def sk(tol: float) -> tuple[np.ndarray, np.ndarray]:
+        lam_out, acc_out = [], []
+        for p, (f, v) in zip(wl.pops, splits, strict=True):
+            xv, yv = wl.x_np[wl.local(v)], yall[v]
+            accs = []
+            for lam in grid:
+                sc, m = _sk_fit(wl.x_np[wl.local(f)], yall[f], lam, tol)
+                accs.append(float((m.predict(sc.transform(xv)) == yv).mean()))
+            best = max(i for i, v_ in enumerate(accs) if v_ >= max(accs) - 1e-12)
+            sc, m = _sk_fit(wl.x_np[wl.local(p.rows)], yall[p.rows], grid[best], tol)
+            lam_out.append(grid[best])
+            acc_out.append(float((m.predict(sc.transform(xt)) == wl.y_test).mean()))
+        return np.array(lam_out), np.array(acc_out)
+
+    t_o, t_1, t_s = [], [], {1e-3: [], 1e-4: []}
+    res_o = res_s = None
+    for r in range(a.small_repeats):
+        wall, cpu, res_o = _timed(ours)
+        t_o.append(wall)
+        w1, _, _ = _timed(single)
+        t_1.append(w1)
+        for tol in t_s:
+            ws, _, rs_ = _timed(lambda: sk(tol))
+            t_s[tol].append(ws)
+            if tol == 1e-4:
+                res_s = rs_
+        print(f"  repeat {r}: fit_select {wall:.2f} s (one fit at one lambda: {w1:.2f} s); sklearn one by one "
+              + ", ".join(f"tol={k:g} {v[-1]:.2f} s" for k, v in t_s.items()), flush=True)
+    assert res_o is not None and res_s is not None
+    same = float(np.isclose(res_o[0], res_s[0], rtol=1e-5).mean())
+    d = 100 * (res_o[1] - res_s[1])
+    print(f"  fit_select {_med(t_o):.2f} s (range {_rng(t_o)}) = {_med(t_o) / _med(t_1):.1f} single fits; "
+          + "; ".join(f"sklearn tol={k:g} {_med(v):.2f} s ({_med(v) / _med(t_o):.1f}x)" for k, v in t_s.items())
+          + f"; same lambda as sklearn (tol 1e-4) for {100 * same:.0f} % of probes; test accuracy difference "
+          f"max |.| {np.abs(d).max():.3f} points, mean {d.mean():+.3f}", flush=True)
+    out["small"] = {"probes": P, "tokens": wl.sizes["n_tokens"], "grid": list(grid), "fit_select_s": t_o,
+                    "single_fit_s": t_1, "cost_in_single_fits": _med(t_o) / _med(t_1),
+                    "sklearn_s": {str(k): v for k, v in t_s.items()}, "same_lambda_fraction": same,
+                    "test_acc_diff_points_max_abs": float(np.abs(d).max())}
+
+
+def part_select_cost(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]) -> None:
+    """fit_select on the part-1 workload (4-value grid, a quarter of each probe's speakers held out) against one
+    fit_batched of the same probes at one lambda: the cost of lambda selection in units of one fit."""
+    src = LazySimSource(train_tokens=a.train_tokens, dim=a.dim, n_layers=13, test_tokens=20)
+    wl = Workload(src, a.layer, a.seeds, dev)
+    P, grid = len(wl.pops), (1e-4, 1e-3, 1e-2, 1e-1)
+    spk = pd.Series(wl.tok["speaker"].to_numpy(), index=wl.tok["row"].to_numpy())
+    splits = [inner_split(p, spk, val_fraction=0.25, seed=0) for p in wl.pops]
+
+    def pad(lists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(len(v) for v in lists)
+        r = np.zeros((len(lists), n), dtype=np.int64)
+        w = np.zeros((len(lists), n), dtype=np.float32)
+        for i, v in enumerate(lists):
+            r[i, :len(v)], w[i, :len(v)] = wl.local(v), 1.0
+        return torch.from_numpy(r).to(dev), torch.from_numpy(w).to(dev)
+
+    fr, fw = pad([f for f, _ in splits])
+    vr, vw = pad([v for _, v in splits])
+    mask = torch.ones(P, wl.C, dtype=torch.bool, device=dev)
+    cfg = TrainerConfig(threads=a.threads)
+    print(f"[4] lambda selection cost: {P} probes x {wl.sizes['n_tokens']} tokens, grid {grid}", flush=True)
+    t_sel, t_one = [], []
+    for r in range(a.repeats):
+        w1, _, sel = _timed(lambda: fit_select(wl.x, wl.y, fr, fw, vr, vw, wl.rows, wl.w, mask, mask, grid, cfg,
+                                               seed=r))
+        w2, _, _ = _timed(lambda: fit_batched(wl.x, wl.y, wl.rows, wl.w, mask, torch.full((P, 1), a.l2, device=dev),
+                                              cfg, seed=r))
+        t_sel.append(w1), t_one.append(w2)
+        print(f"  repeat {r}: fit_select {w1:.2f} s, one fit {w2:.2f} s ({w1 / w2:.2f} fits); chosen lambda "
+              f"{sorted(set(sel.l2.tolist()))}, iterations {sel.n_iter}", flush=True)
+    print(f"  fit_select = {_med(t_sel) / _med(t_one):.2f} single fits (medians {_med(t_sel):.2f} s / "
+          f"{_med(t_one):.2f} s)", flush=True)
+    out["select_cost"] = {"fit_select_s": t_sel, "single_fit_s": t_one, "ratio": _med(t_sel) / _med(t_one)}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-tokens", type=int, default=1250, help="training tokens per speaker (40 speakers)")
     ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--layers", type=int, default=13)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--l2", type=float, default=1e-3)
-    ap.add_argument("--repeats", type=int, default=3, help="batched repeats (median)")
-    ap.add_argument("--sk-fits", type=int, default=3, help="sklearn fits to time (extrapolated to all probes)")
+    ap.add_argument("--layer", default="6", help="simulated layer of parts 1 and 2")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of our fits (median)")
+    ap.add_argument("--sk-fits", type=int, default=3, help="sklearn fits per tol (extrapolated to all probes)")
+    ap.add_argument("--growth-base", type=int, default=312, help="tokens per speaker at 1x in the growth part")
+    ap.add_argument("--small-repeats", type=int, default=3)
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", default="auto", help="part 1: precisions of our solver to time (first: main)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch and BLAS threads for both sides (1: fair and stable on a shared machine)")
-    ap.add_argument("--compare-layer", default=None, help="layer of the one-layer comparison (default: middle)")
-    ap.add_argument("--skip-all-layers", action="store_true", help="only the one-layer comparison")
-    ap.add_argument("--full", action="store_true", help="also time fit_probes (l2 grid + metrics) on all layers")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--out", default="", help="write the numbers as JSON here")
     a = ap.parse_args(argv)
     if a.quick:
-        a.train_tokens, a.dim, a.layers, a.repeats, a.sk_fits = 60, 64, 2, 1, 2
+        a.train_tokens, a.dim, a.repeats, a.sk_fits, a.growth_base, a.small_repeats = 60, 64, 1, 1, 20, 1
     torch.set_num_threads(a.threads)
     import sklearn.linear_model  # noqa: F401  (load its BLAS/OpenMP first: threadpoolctl limits loaded libraries)
     from threadpoolctl import threadpool_limits
-    threadpool_limits(a.threads)  # sklearn's BLAS and OpenMP get the same number of threads as torch
+    threadpool_limits(a.threads)
     dev = resolve_device(a.device)
-    src = LazySimSource(train_tokens=a.train_tokens, dim=a.dim, n_layers=a.layers,
-                        test_tokens=max(20, a.train_tokens // 4))
-    tok = src.tokens.assign(row=np.arange(len(src.tokens)))
-    pops, sizes = build_populations(tok[tok.split == "train"], seeds=tuple(range(a.seeds)))
-    test_rows = tok.index[tok.split == "test"].to_numpy()
-    resident = np.unique(np.concatenate([p.rows for p in pops] + [test_rows]))
-    y_all = torch.from_numpy(tok["y"].to_numpy()[resident]).to(dev)
-    rows = torch.from_numpy(np.stack([np.searchsorted(resident, p.rows) for p in pops])).to(dev)
-    w = torch.ones(rows.shape, device=dev)
-    mask = torch.ones(len(pops), src.n_classes, dtype=torch.bool, device=dev)
-    l2 = torch.full((len(pops), 1), a.l2, device=dev)
-    test_local = torch.from_numpy(np.searchsorted(resident, test_rows)).to(dev)
-    y_test = tok["y"].to_numpy()[test_rows]
-    cfg = TrainerConfig()
-    print(f"probes per layer: {len(pops)}  training tokens per probe: {sizes['n_tokens']}  "
-          f"speakers per probe: {sizes['n_speakers']}  dim: {a.dim}  classes: {src.n_classes}  device: {dev}  "
-          f"torch threads: {torch.get_num_threads()}", flush=True)
-
-    layer = a.compare_layer if a.compare_layer is not None else src.layers[len(src.layers) // 2]
-    out_layer = {"compare_layer": layer}
-    x_np = src.read(layer, resident)
-    x = torch.from_numpy(x_np).to(dev)
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    def run_batched(r: int) -> tuple[float, float, np.ndarray, str]:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t, c = time.perf_counter(), time.process_time()
-        probes = fit_batched(x, y_all, rows, w, mask, l2, cfg, seed=r)
-        pred = probes.predict(x[test_local])[:, :, 0].cpu().numpy()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t, time.process_time() - c, (pred == y_test[:, None]).mean(0), \
-            f"{probes.optimizer}, {probes.n_iter} steps"
-
-    xt_np = x_np[np.searchsorted(resident, test_rows)]
-
-    def run_sklearn(i: int) -> tuple[float, float, float, int]:
-        p = pops[i]
-        xr = x_np[np.searchsorted(resident, p.rows)]
-        yr = tok["y"].to_numpy()[p.rows]
-        t, c = time.perf_counter(), time.process_time()
-        sc = StandardScaler().fit(xr)
-        m = LogisticRegression(C=1.0 / (a.l2 * len(yr)), solver="lbfgs", max_iter=2000)
-        m.fit(sc.transform(xr), yr)
-        acc = float(m.score(sc.transform(xt_np), y_test))
-        return time.perf_counter() - t, time.process_time() - c, acc, int(m.n_iter_[0])
-
-    # interleaved (batched, sklearn, batched, ...) so both sides see the same load on a shared machine
-    times, cpu_b, acc_b = [], [], None
-    sk_times, sk_cpu, sk_acc, sk_iter = [], [], [], []
-    for r in range(max(a.repeats, a.sk_fits)):
-        if r < a.repeats:
-            wall, cpu, acc_b, how = run_batched(r)
-            times.append(wall)
-            cpu_b.append(cpu)
-            print(f"  batched repeat {r}: {wall:.1f} s wall, {cpu:.1f} s CPU ({how})", flush=True)
-        if r < a.sk_fits:
-            wall, cpu, acc, it = run_sklearn(r)
-            sk_times.append(wall)
-            sk_cpu.append(cpu)
-            sk_acc.append(acc)
-            sk_iter.append(it)
-            p = pops[r]
-            print(f"  sklearn fit {r} ({p.label}, seed {p.seed}): {wall:.1f} s wall, {cpu:.1f} s CPU, {it} "
-                  f"iterations, held-out acc {acc:.4f}", flush=True)
-    assert acc_b is not None
-    for i in range(len(sk_acc)):
-        print(f"  probe {i}: held-out acc sklearn {sk_acc[i]:.4f} batched {acc_b[i]:.4f}")
-    per_fit = _median(sk_times)
-    sk_total = per_fit * len(pops)
-    b_med = _median(times)
-    diffs = [abs(acc_b[i] - sk_acc[i]) for i in range(len(sk_acc))]
-    out: dict[str, object] = {
-        **out_layer, "device": str(dev), "threads": torch.get_num_threads(), "probes_per_layer": len(pops),
-        "train_tokens_per_probe": sizes["n_tokens"], "dim": a.dim, "classes": src.n_classes, "l2": a.l2,
-        "batched_one_layer_s_median": b_med, "batched_one_layer_s_all": times,
-        "sklearn_fits_timed": len(sk_times), "sklearn_s_per_fit_median": per_fit,
-        "sklearn_one_layer_s": sk_total if len(sk_times) == len(pops) else None,
-        "sklearn_one_layer_s_extrapolated": sk_total, "speedup": sk_total / b_med,
-        "sklearn_iterations": sk_iter,
-        "heldout_acc_batched": [float(v) for v in acc_b], "heldout_acc_sklearn": sk_acc,
-        "max_abs_acc_diff_points": 100 * max(diffs) if diffs else None,
-        "batched_one_layer_cpu_s_median": _median(cpu_b), "sklearn_cpu_s_per_fit_median": _median(sk_cpu),
-        "speedup_cpu_time": _median(sk_cpu) * len(pops) / _median(cpu_b),
-    }
-    print(f"ONE LAYER ({layer}): batched {b_med:.1f} s (median of {len(times)}) vs sklearn {sk_total:.1f} s "
-          f"({'extrapolated from ' + str(len(sk_times)) + ' fits' if len(sk_times) < len(pops) else 'all fits'}, "
-          f"{per_fit:.1f} s/fit median) -> {sk_total / b_med:.1f}x; max |acc diff| "
-          f"{out['max_abs_acc_diff_points']:.2f} points; CPU-time ratio {out['speedup_cpu_time']:.1f}x", flush=True)
-    del x
-
-    if a.skip_all_layers:
-        src.layers = []
-    t_all = time.perf_counter()
-    for layer in src.layers:
-        xl = torch.from_numpy(src.read(layer, resident)).to(dev)
-        pr = fit_batched(xl, y_all, rows, w, mask, l2, cfg, seed=0)
-        pr.predict(xl[test_local])
-        del xl, pr
-    out["batched_all_layers_s"] = time.perf_counter() - t_all
-    if src.layers:
-        print(f"ALL {len(src.layers)} LAYERS (batched, fixed l2, incl. generating each layer): "
-              f"{out['batched_all_layers_s']:.1f} s", flush=True)
-    if a.full:
-        t = time.perf_counter()
-        res = fit_probes(src, src.groups, device=str(dev), progress=False, n_boot=1000, keep_predictions=False)
-        out["fit_probes_all_layers_s"] = time.perf_counter() - t
-        out["fit_probes_timing"] = res.provenance["timing_s"]
-        print(f"fit_probes (l2 grid {res.provenance['settings']['l2_grid']}, metrics, {len(src.layers)} layers): "
-              f"{out['fit_probes_all_layers_s']:.1f} s", flush=True)
+    out: dict[str, Any] = {"device": str(dev), "threads": a.threads, "torch": torch.__version__}
+    parts = {p.strip() for p in a.parts.split(",")}
+    if "1" in parts:
+        part_one_layer(a, dev, out)
+    if "2" in parts:
+        part_growth(a, dev, out)
+    if "3" in parts:
+        part_small(a, dev, out)
+    if "4" in parts:
+        part_select_cost(a, dev, out)
     if a.out:
         with open(a.out, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump(out, f, indent=2, default=float)
     return out
 
 

@@ -25,7 +25,7 @@ from phonefair.audit.design import Design
 from phonefair.layers import layer_order, parse_layers
 from phonefair.probes.populations import Population, crossfit_populations, inner_split
 from phonefair.probes.results import ProbeResults, build_tables
-from phonefair.probes.trainer import BatchedProbes, TrainerConfig, evaluate_gathered, fit_batched
+from phonefair.probes.trainer import BatchedProbes, TrainerConfig, evaluate_gathered, fit_batched, fit_select
 from phonefair.settings import ProbeSettings
 from phonefair.store.base import EmbeddingSource
 
@@ -200,16 +200,28 @@ def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], residen
     grid = sorted(float(v) for v in grid)
     chosen = np.full(P, grid[0])
     val_acc = np.full(P, np.nan)
-    if len(grid) > 1:
-        with_split = [i for i, p in enumerate(pops) if splits.get(id(p)) is not None]
-        if with_split:
-            fit_l = [np.searchsorted(resident, splits[id(pops[i])][0]) for i in with_split]  # type: ignore[index]
-            val_l = [np.searchsorted(resident, splits[id(pops[i])][1]) for i in with_split]  # type: ignore[index]
-            fr, fw = _pad(fit_l, finite, dev)
-            vr, vw = _pad(val_l, finite, dev)
+    with_split = [i for i, p in enumerate(pops) if splits.get(id(p)) is not None] if len(grid) > 1 else []
+    rows_l = [np.searchsorted(resident, p.rows) for p in pops]
+    selected: BatchedProbes | None = None
+    if with_split:
+        fit_l = [np.searchsorted(resident, splits[id(pops[i])][0]) for i in with_split]  # type: ignore[index]
+        val_l = [np.searchsorted(resident, splits[id(pops[i])][1]) for i in with_split]  # type: ignore[index]
+        fr, fw = _pad(fit_l, finite, dev)
+        vr, vw = _pad(val_l, finite, dev)
+        if cfg.exact:  # the linear solver ranks the grid and refits in one call sharing the gathered rows
+            full_l = [rows_l[i] for i in with_split]
+            ar, aw = _pad(full_l, finite, dev)
+            sel = fit_select(x, y, fr, fw, vr, vw, ar, aw, _class_mask(fit_l, y, C), _class_mask(full_l, y, C),
+                             grid, cfg, seed=seed)
+            selected = sel.probes
+            # the grid value itself (the solver reports λ in its compute dtype)
+            l2v = sel.l2.double().cpu().numpy()
+            chosen[with_split] = np.array(grid)[np.abs(np.array(grid)[None] - l2v[:, None]).argmin(1)]
+            val_acc[with_split] = sel.val_accuracy.cpu().numpy()
+        else:
             l2 = torch.tensor(grid, device=dev, dtype=x.dtype).expand(len(with_split), -1).contiguous()
-            sel = fit_batched(x, y, fr, fw, _class_mask(fit_l, y, C), l2, cfg, seed=seed)
-            va = evaluate_gathered(sel, x, y, vr, vw, cfg.chunk_rows)[0].cpu().numpy()
+            fitted = fit_batched(x, y, fr, fw, _class_mask(fit_l, y, C), l2, cfg, seed=seed)
+            va = evaluate_gathered(fitted, x, y, vr, vw, cfg.chunk_rows)[0].cpu().numpy()
             # the most accurate λ; ties go to the larger λ (the simpler probe)
             best = len(grid) - 1 - np.argmax(va[:, ::-1] >= va.max(1, keepdims=True) - 1e-12, axis=1)
             chosen[with_split] = np.array(grid)[best]
@@ -219,11 +231,30 @@ def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], residen
         for i, p in enumerate(pops):
             if splits.get(id(p)) is None:
                 chosen[i] = all_l2.get((p.repeat, p.fold), chosen[i])
-    rows_l = [np.searchsorted(resident, p.rows) for p in pops]
-    fr, fw = _pad(rows_l, finite, dev)
-    probes = fit_batched(x, y, fr, fw, _class_mask(rows_l, y, C),
-                         torch.tensor(chosen, device=dev, dtype=x.dtype)[:, None], cfg, seed=seed + 1)
+    rest = [i for i in range(P) if selected is None or i not in set(with_split)]
+    parts: list[tuple[list[int], BatchedProbes]] = [] if selected is None else [(with_split, selected)]
+    if rest:
+        rl = [rows_l[i] for i in rest]
+        fr, fw = _pad(rl, finite, dev)
+        parts.append((rest, fit_batched(x, y, fr, fw, _class_mask(rl, y, C),
+                                        torch.tensor(chosen[rest], device=dev, dtype=x.dtype)[:, None], cfg,
+                                        seed=seed + 1)))
+    probes = parts[0][1] if len(parts) == 1 else _concat(parts, P)
     return probes, chosen, val_acc
+
+
+def _concat(parts: list[tuple[list[int], BatchedProbes]], n: int) -> BatchedProbes:
+    """One batch of ``n`` probes from batches holding the probes at the listed positions."""
+    order = torch.as_tensor(np.argsort(np.concatenate([np.asarray(i) for i, _ in parts])))
+    bs = [b for _, b in parts]
+
+    def cat(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(ts)[order.to(ts[0].device)]
+
+    return BatchedProbes(kind=bs[0].kind, mean=cat([b.mean for b in bs]), scale=cat([b.scale for b in bs]),
+                         params={k: cat([b.params[k] for b in bs]) for k in bs[0].params},
+                         class_mask=cat([b.class_mask for b in bs]), optimizer=bs[0].optimizer,
+                         n_iter=max(b.n_iter for b in bs))
 
 
 def _take(probes: BatchedProbes, idx: Sequence[int]) -> BatchedProbes:

@@ -1,30 +1,36 @@
-"""Batched PyTorch probe trainer: many independent probes fitted in one set of tensor operations.
+"""Batched PyTorch probe trainer: many independent probes on one resident layer matrix.
 
 A *probe batch* is ``P`` probes that all read the same resident layer matrix ``X [N, D]``; probe ``p`` trains on the
-rows ``rows[p]`` (padded with weight 0 to a common length) and is fitted for ``K`` L2 strengths at once, so the
-weights are one stacked tensor ``[P, K, D, C]``. Probes never see each other's rows: the summed objective is
-separable, so L-BFGS on the sum and Adam (a per-coordinate method) solve every probe independently.
+rows ``rows[p]`` (padded with weight 0 to a common length) and is fitted for ``K`` L2 strengths, so the weights are
+one stacked tensor ``[P, K, D, C]``. Probes never see each other's rows and every ``(probe, strength)`` problem is
+solved independently (its own line search, convergence test and iteration count).
 
-Objective of one probe (features standardised with the probe's own training mean and SD)::
+Objective of one probe (features standardised with the probe's own training mean and SD, rows weighted by
+``weight`` normalised to sum to 1)::
 
     mean_i CE(y_i, x_i W + b)  +  (lambda / 2) * ||W||_F^2          (bias not penalised)
 
 This is scikit-learn's ``LogisticRegression`` objective ``C * sum_i CE_i + ||W||^2 / 2`` divided by ``C * n``:
-the two have the same minimiser when ``C = 1 / (lambda * n)`` (``n`` = number of training tokens).
+the two have the same minimiser when ``C = 1 / (lambda * n)`` (``n`` = number of training tokens), and
+``TrainerConfig.tol`` is scikit-learn's ``tol`` for ``lbfgs`` (stop at ``max |gradient| <= tol``).
 
-Two optimisers: full-batch L-BFGS (exact optimum; used when the gathered ``[P, n, D]`` training tensor fits in
-``lbfgs_max_bytes``) and mini-batch Adam with a cosine learning-rate decay (rows gathered per probe into one reused
-buffer, so no ``[P, n, D]`` copy is ever made; used for large problems and for the MLP probe). For the linear probe
-Adam runs in decorrelated coordinates (:class:`Preconditioner`), which changes the path, not the optimum; with it,
-3 epochs reach the held-out accuracy of the exact optimum within ~0.5 point (bench/bench_probes.py).
+The linear probe is solved exactly by :mod:`phonefair.probes.solver` (Kronecker-preconditioned L-BFGS with exact
+line searches, bfloat16 data and products where the hardware has them). :func:`fit_select` chooses ``lambda`` per
+probe on held-out speakers and refits, at a cost of ~2 single fits for a 4-value grid. The MLP probe (and, on
+request, the linear one) is trained with mini-batch Adam and a cosine learning-rate decay.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from phonefair.errors import ConfigError, DataError
+from phonefair.probes.solver import (PRECISIONS, RowSets, compute_dtype, feature_basis, row_sets,
+                                     solve_linear, thread_count, torch_threads)
 
 PROBE_KINDS = ("linear", "mlp")
 OPTIMIZERS = ("auto", "lbfgs", "adam")
@@ -35,33 +41,47 @@ class TrainerConfig:
     """Optimisation settings of the batched trainer (recorded in every table's provenance)."""
 
     probe: str = "linear"  # "linear" (multinomial logistic regression) | "mlp" (one hidden ReLU layer)
-    optimizer: str = "auto"  # "auto": L-BFGS when the gathered training tensor is small, else Adam
+    optimizer: str = "auto"  # linear: "auto"/"lbfgs" = the exact solver, "adam" = mini-batch Adam; MLP: Adam
+    tol: float = 1e-4  # exact solver: stop a problem at max |gradient| <= tol (scikit-learn's lbfgs `tol`)
+    select_tol: float = 1e-3  # fit_select: tolerance of the fits that only rank the L2 grid (the refit uses tol)
+    max_iter: int = 300  # exact solver: iterations per problem
+    history: int = 8  # exact solver: L-BFGS curvature pairs kept per problem
+    precision: str = "auto"  # "auto" | "bf16" | "fp32": rows and matrix products of the exact solver
+    threads: int | str = "auto"  # intra-op threads during a fit ("auto": see solver.thread_count)
+    batch_bytes: int = 2**30  # exact solver: working memory per batch of row sets
     hidden: int = 256  # MLP hidden width
-    max_iter: int = 300  # L-BFGS iterations
     epochs: int = 3  # Adam passes over each probe's rows
     batch_size: int = 2048  # Adam rows per probe per step
     lr: float = 0.005  # Adam peak learning rate (cosine decay to lr / 100)
     precondition: bool = True  # linear probe + Adam: optimise in decorrelated coordinates (same optimum)
     precondition_rows: int = 20000  # rows used to estimate the feature correlation
     precondition_rank: int = 128  # eigen-directions preconditioned exactly (the rest share one scale)
-    lbfgs_max_bytes: int = 256 * 2**20  # "auto" uses L-BFGS only below this size of the [P, n, D] tensor
     chunk_rows: int = 4096  # rows per chunk when gathering / predicting
 
     def __post_init__(self) -> None:
         if self.probe not in PROBE_KINDS:
-            raise ValueError(f"probe must be one of {PROBE_KINDS}, got {self.probe!r}")
+            raise ConfigError(f"TrainerConfig.probe must be one of {PROBE_KINDS}, got {self.probe!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ConfigError(f"TrainerConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.probe == "mlp" and self.optimizer == "lbfgs":
-            raise ValueError("the MLP probe is trained with Adam; use optimizer='auto' or 'adam'")
-        for name in ("hidden", "max_iter", "epochs", "batch_size", "chunk_rows"):
+            raise ConfigError("the MLP probe is trained with Adam; use optimizer='auto' or 'adam'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainerConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("hidden", "max_iter", "history", "epochs", "batch_size", "chunk_rows", "batch_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainerConfig.lr must be > 0, got {self.lr}")
+                raise ConfigError(f"TrainerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "tol", "select_tol"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"TrainerConfig.{name} must be > 0, got {getattr(self, name)}")
+        thread_count(self.threads) if self.threads != "auto" else None  # validates the type and range
 
     def to_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @property
+    def exact(self) -> bool:
+        """Whether the linear probe goes to the exact solver."""
+        return self.probe == "linear" and self.optimizer != "adam"
 
 
 @dataclass
@@ -83,7 +103,9 @@ class BatchedProbes:
         return int(w.shape[0]), int(w.shape[1])
 
     def _mask(self, logits: torch.Tensor) -> torch.Tensor:
-        # logits [..., P, K, n, C] or [n, P, K, C]: a probe may only predict classes it was trained on
+        # logits [P, K, n, C]: a probe may only predict classes it was trained on (nothing to do when all present)
+        if bool(self.class_mask.all()):
+            return logits
         return logits.masked_fill(~self.class_mask[:, None, None, :], float("-inf"))
 
     def logits_gathered(self, xg: torch.Tensor) -> torch.Tensor:
@@ -100,12 +122,14 @@ class BatchedProbes:
         bf = b - torch.einsum("pd,pkdc->pkc", self.mean / self.scale, w)
         D, H = wf.shape[2], wf.shape[3]
         wflat = wf.permute(2, 0, 1, 3).reshape(D, P * K * H)
+        all_present = bool(self.class_mask.all())
         out = []
         for start in range(0, x.shape[0], chunk_rows):
             h = (x[start:start + chunk_rows] @ wflat).reshape(-1, P, K, H) + bf
             if self.kind == "mlp":
                 h = torch.einsum("npkh,pkhc->npkc", torch.relu(h), self.params["W2"]) + self.params["b2"]
-            h = h.masked_fill(~self.class_mask[None, :, None, :], float("-inf"))
+            if not all_present:
+                h = h.masked_fill(~self.class_mask[None, :, None, :], float("-inf"))
             out.append(h.argmax(-1))
         if not out:
             return torch.zeros((0, P, K), dtype=torch.long, device=x.device)
@@ -195,74 +219,270 @@ def _init_params(kind: str, P: int, K: int, D: int, C: int, hidden: int, gen: to
             "b2": torch.zeros(P, K, C, device=device)}
 
 
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                  class_mask: torch.Tensor, name: str = "fit_batched") -> None:
+    if x.ndim != 2 or rows.ndim != 2 or rows.shape != weight.shape or class_mask.shape[0] != rows.shape[0]:
+        raise DataError(f"{name}: inconsistent shapes x{tuple(x.shape)} rows{tuple(rows.shape)} "
+                        f"weight{tuple(weight.shape)} class_mask{tuple(class_mask.shape)}")
+    live = weight > 0
+    yr = y[rows]
+    if ((yr < 0) & live).any():
+        raise DataError(f"{name}: a training row has no class (y = -1)")
+    if (weight < 0).any():
+        raise DataError(f"{name}: row weights must be >= 0")
+    if (live.sum(1) == 0).any():
+        raise DataError(f"{name}: probe(s) {torch.nonzero(live.sum(1) == 0).flatten().tolist()} have no rows")
+    seen = class_mask.gather(1, yr.clamp(0, class_mask.shape[1] - 1))
+    if (live & ~seen).any():
+        bad = torch.nonzero((live & ~seen).any(1)).flatten().tolist()
+        raise DataError(f"{name}: probe(s) {bad} train on a class their class_mask excludes")
+
+
 def fit_batched(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
                 class_mask: torch.Tensor, l2: torch.Tensor, config: TrainerConfig = TrainerConfig(), *,
                 seed: int = 0) -> BatchedProbes:
-    """Fit ``P x K`` probes at once.
+    """Fit ``P x K`` probes, each ``(probe, strength)`` problem independently.
 
     Parameters
     ----------
     x: ``[N, D]`` float32 layer matrix (resident rows only).
     y: ``[N]`` long class index of every resident row (``-1`` allowed for rows no probe trains on).
     rows: ``[P, n]`` long indices into ``x``; pad with any valid index and weight 0.
-    weight: ``[P, n]`` float, 1 for real rows, 0 for padding.
+    weight: ``[P, n]`` float, 1 for real rows (any positive weight), 0 for padding.
     class_mask: ``[P, C]`` bool, the classes each probe may predict (those in its training rows).
     l2: ``[P, K]`` L2 strengths (lambda in the objective above).
-    seed: fixes mini-batch order and MLP initialisation.
+    seed: fixes the row order of the exact solver (its line-search subsample), mini-batch order and MLP
+        initialisation. The same inputs, seed and thread count give the same probes.
+
+    The exact solver reports per problem in ``extra``: ``converged`` / ``grad_max`` / ``n_iter`` ``[P, K]``.
+    Probes with identical rows and weights share one gathered copy; identical problems are solved once.
     """
     if x.ndim != 2 or rows.ndim != 2 or rows.shape != weight.shape or l2.ndim != 2 or l2.shape[0] != rows.shape[0]:
-        raise ValueError(f"fit_batched: inconsistent shapes x{tuple(x.shape)} rows{tuple(rows.shape)} "
-                         f"weight{tuple(weight.shape)} l2{tuple(l2.shape)}")
+        raise DataError(f"fit_batched: inconsistent shapes x{tuple(x.shape)} rows{tuple(rows.shape)} "
+                        f"weight{tuple(weight.shape)} l2{tuple(l2.shape)}")
     if (l2 < 0).any():
-        raise ValueError("L2 strengths must be >= 0")
+        raise ConfigError("L2 strengths must be >= 0")
+    _check_inputs(x, y, rows, weight, class_mask)
+    with torch_threads(thread_count(config.threads)):
+        if config.exact:
+            return _fit_exact(x, y, rows, weight, class_mask.to(x.device), l2, config, seed=seed)
+        return _fit_iterative(x, y, rows, weight, class_mask, l2, config, seed=seed)
+
+
+def _fit_iterative(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                   class_mask: torch.Tensor, l2: torch.Tensor, config: TrainerConfig, *, seed: int) -> BatchedProbes:
+    """Mini-batch Adam (the MLP probe, or ``optimizer="adam"``)."""
     P, n = rows.shape
     K = l2.shape[1]
     D = x.shape[1]
     C = class_mask.shape[1]
     dev = x.device
     yr = y[rows].clamp_min(0)
-    if ((y[rows] < 0) & (weight > 0)).any():
-        raise ValueError("fit_batched: a training row has no class (y = -1)")
     mean, scale = standardisation(x, rows, weight)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     params = _init_params(config.probe, P, K, D, C, config.hidden, gen, dev)
     for t in params.values():
         t.requires_grad_(True)
     probes = BatchedProbes(kind=config.probe, mean=mean, scale=scale, params=params, class_mask=class_mask.to(dev))
-    opt = config.optimizer
-    if opt == "auto":
-        small = P * n * D * x.element_size() <= config.lbfgs_max_bytes
-        opt = "lbfgs" if (config.probe == "linear" and small) else "adam"
-    if opt == "lbfgs":
-        probes.n_iter = _fit_lbfgs(probes, x, yr, rows, weight, l2, config)
-    else:
-        probes.n_iter = _fit_adam(probes, x, yr, rows, weight, l2, config, gen)
-    probes.optimizer = opt
+    probes.n_iter = _fit_adam(probes, x, yr, rows, weight, l2, config, gen)
+    probes.optimizer = "adam"
     for t in params.values():
         t.requires_grad_(False)
     return probes
 
 
-def _fit_lbfgs(probes: BatchedProbes, x: torch.Tensor, yr: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
-               l2: torch.Tensor, config: TrainerConfig) -> int:
-    z = (x[rows] - probes.mean[:, None, :]) / probes.scale[:, None, :]  # [P, n, D], small by construction
-    params = list(probes.params.values())
-    # float32 full-batch L-BFGS with strong-Wolfe line search; tolerances tight enough that accuracy matches the
-    # exact optimum (checked against scikit-learn in the tests)
-    optim = torch.optim.LBFGS(params, lr=1.0, max_iter=config.max_iter, history_size=20,
-                              tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe")
-    mask = probes.class_mask
+def _stack_padded(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row/weight tensors of different widths stacked along the probe axis (padding: weight 0)."""
+    n = max(r.shape[1] for r, _ in parts)
+    rows = torch.cat([torch.nn.functional.pad(r, (0, n - r.shape[1])) for r, _ in parts])
+    w = torch.cat([torch.nn.functional.pad(w, (0, n - w.shape[1])) for _, w in parts])
+    return rows, w
 
-    def closure() -> torch.Tensor:
-        optim.zero_grad()
-        logits = _forward(probes.kind, probes.params, z).masked_fill(~mask[:, None, None, :], float("-inf"))
-        loss = _weighted_ce(logits, yr, weight).sum() + _penalty(probes.kind, probes.params, l2)
-        loss.backward()
-        return loss
 
-    optim.step(closure)
-    state = optim.state[params[0]]
-    return int(state.get("n_iter", 0))
+def _distinct_sets(rows: torch.Tensor, weight: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                      list[int]]:
+    """The distinct (rows, weight) sets among the probes (rows sorted, padding dropped) and each probe's set."""
+    sets: list[tuple[torch.Tensor, torch.Tensor]] = []
+    of: list[int] = []
+    for p in range(rows.shape[0]):
+        live = weight[p] > 0
+        r, w = rows[p][live], weight[p][live]
+        order = torch.argsort(r)
+        r, w = r[order], w[order]
+        for i, (r2, w2) in enumerate(sets):
+            if r2.shape == r.shape and torch.equal(r2, r) and torch.equal(w2, w):
+                of.append(i)
+                break
+        else:
+            of.append(len(sets))
+            sets.append((r, w))
+    return sets, of
+
+
+@dataclass
+class _Problems:
+    """Distinct (set, strength, classes) problems of a fit and, for every (probe, strength), which one it is."""
+
+    set_of: torch.Tensor  # [Q]
+    lam: torch.Tensor  # [Q]
+    present: torch.Tensor  # [Q, C]
+    index: torch.Tensor  # [P, K] -> problem
+
+
+def _problems(set_of_probe: Sequence[int], l2: torch.Tensor, class_mask: torch.Tensor) -> _Problems:
+    keys: dict[tuple[int, float, bytes], int] = {}
+    P, K = l2.shape
+    index = torch.empty(P, K, dtype=torch.long)
+    sets, lams, masks = [], [], []
+    for p in range(P):
+        mb = class_mask[p].cpu().numpy().tobytes()
+        for k in range(K):
+            key = (int(set_of_probe[p]), float(l2[p, k]), mb)
+            if key not in keys:
+                keys[key] = len(sets)
+                sets.append(key[0])
+                lams.append(key[1])
+                masks.append(class_mask[p])
+            index[p, k] = keys[key]
+    dev = class_mask.device
+    return _Problems(set_of=torch.tensor(sets, dtype=torch.long, device=dev),
+                     lam=torch.tensor(lams, dtype=torch.float32, device=dev), present=torch.stack(masks),
+                     index=index.to(dev))
+
+
+def _to_probes(rs: RowSets, set_of_probe: Sequence[int], pr: _Problems, sol_W: torch.Tensor, sol_b: torch.Tensor,
+               class_mask: torch.Tensor, extra: dict[str, object], n_iter: int) -> BatchedProbes:
+    so = torch.tensor(list(set_of_probe), dtype=torch.long, device=sol_W.device)
+    W = sol_W[pr.index].transpose(-1, -2).contiguous()  # [P, K, D, C]
+    b = sol_b[pr.index]
+    return BatchedProbes(kind="linear", mean=rs.mean[so], scale=rs.scale[so], params={"W": W, "b": b},
+                         class_mask=class_mask, optimizer="lbfgs", n_iter=n_iter, extra=extra)
+
+
+def _fit_exact(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, class_mask: torch.Tensor,
+               l2: torch.Tensor, config: TrainerConfig, *, seed: int) -> BatchedProbes:
+    sets, set_of = _distinct_sets(rows, weight)
+    dt = compute_dtype(config.precision, x.device, min(int(r.numel()) for r, _ in sets))
+    rs = row_sets(x, y, sets, dt)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    basis = feature_basis(rs, gen)
+    pr = _problems(set_of, l2, class_mask)
+    sol = solve_linear(rs, pr.set_of, pr.lam, pr.present, basis, tol=config.tol, max_iter=config.max_iter,
+                       history=config.history, batch_bytes=config.batch_bytes, gen=gen)
+    extra: dict[str, object] = {
+        "converged": sol.converged[pr.index], "grad_max": sol.grad_max[pr.index], "n_iter": sol.n_iter[pr.index],
+        "objective": sol.objective[pr.index], "precision": str(dt).replace("torch.", ""),
+        "threads": torch.get_num_threads(), "distinct_row_sets": len(rs), "distinct_problems": int(pr.lam.numel())}
+    return _to_probes(rs, set_of, pr, sol.W, sol.b, class_mask, extra, int(sol.n_iter.max()))
+
+
+@dataclass
+class Selection:
+    """Result of :func:`fit_select`: every probe refitted on its full rows at the L2 strength it chose."""
+
+    probes: BatchedProbes  # [P, 1]
+    l2: torch.Tensor  # [P] chosen lambda
+    val_accuracy: torch.Tensor  # [P] validation accuracy of the chosen lambda (fits on the fit rows)
+    val_accuracy_grid: torch.Tensor  # [P, G] validation accuracy of every grid value
+    n_iter: dict[str, int]  # solver iterations of the selection fits and of the refits (max over problems)
+
+
+def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: torch.Tensor,
+               val_rows: torch.Tensor, val_w: torch.Tensor, full_rows: torch.Tensor, full_w: torch.Tensor,
+               fit_mask: torch.Tensor, full_mask: torch.Tensor, grid: Sequence[float],
+               config: TrainerConfig = TrainerConfig(), *, seed: int = 0) -> Selection:
+    """Choose lambda per probe on held-out validation rows, then refit on the full rows: the linear probe's
+    hyper-parameter selection at about twice the cost of one fit for a 4-value grid (docs/probes.md).
+
+    For probe ``p``: every ``lambda`` of ``grid`` is fitted on ``fit_rows[p]`` (all grid values share one gathered
+    copy of the rows and one matrix product per iteration, solved to ``config.select_tol``: these fits only rank the
+    grid); each is scored by weighted accuracy on ``val_rows[p]`` (typically speakers held out of the fit rows); the
+    most accurate ``lambda`` wins (ties: the larger, i.e. the simpler probe); the probe is refitted on
+    ``full_rows[p]`` at that ``lambda`` to ``config.tol``, starting from its selection fit. Row tensors are
+    ``[P, n]`` padded with weight 0 as in :func:`fit_batched`; ``fit_mask`` / ``full_mask`` are the classes of the fit
+    and full rows. A validation row whose class the fit never saw counts as an error.
+
+    Validation scores use the compute precision (bfloat16 logits where available); they only rank the grid.
+    """
+    lams = sorted(float(v) for v in grid)
+    if not lams or any(v < 0 or not math.isfinite(v) for v in lams):
+        raise ConfigError(f"fit_select: grid must be non-empty L2 strengths >= 0, got {list(grid)}")
+    if not config.exact:
+        raise ConfigError("fit_select needs the exact linear solver (probe='linear', optimizer 'auto' or 'lbfgs')")
+    _check_inputs(x, y, fit_rows, fit_w, fit_mask, "fit_select (fit rows)")
+    _check_inputs(x, y, full_rows, full_w, full_mask, "fit_select (full rows)")
+    if val_rows.ndim != 2 or val_rows.shape != val_w.shape or val_rows.shape[0] != fit_rows.shape[0]:
+        raise DataError(f"fit_select: val_rows{tuple(val_rows.shape)} / val_w{tuple(val_w.shape)} do not match "
+                        f"{fit_rows.shape[0]} probes")
+    if (val_w > 0).sum(1).eq(0).any():
+        raise DataError("fit_select: every probe needs validation rows")
+    if ((y[val_rows] < 0) & (val_w > 0)).any():
+        raise DataError("fit_select: a validation row has no class (y = -1)")
+    P = fit_rows.shape[0]
+    dev = x.device
+    fit_mask, full_mask = fit_mask.to(dev), full_mask.to(dev)
+    with torch_threads(thread_count(config.threads)):
+        sets, of = _distinct_sets(*_stack_padded([(fit_rows, fit_w), (full_rows, full_w)]))
+        dt = compute_dtype(config.precision, dev, min(int(r.numel()) for r, _ in sets))
+        val_sets, val_of = _distinct_sets(val_rows, val_w)
+        rs = row_sets(x, y, sets + val_sets, dt)
+        fit_of, full_of = of[:P], of[P:]
+        val_of = [len(sets) + v for v in val_of]
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        basis = feature_basis(rs, gen)
+        grid_t = torch.tensor(lams, dtype=torch.float32, device=dev)
+        pr = _problems(fit_of, grid_t.expand(P, -1), fit_mask)
+        sel = solve_linear(rs, pr.set_of, pr.lam, pr.present, basis, tol=config.select_tol,
+                           max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes,
+                           gen=gen)
+        acc = _score(rs, pr, sel.W, sel.b, fit_of, val_of, fit_mask)  # [P, G]
+        top = acc >= acc.max(1, keepdim=True).values - 1e-12
+        best = len(lams) - 1 - torch.argmax(top.flip(1).to(torch.int8), dim=1)  # ties -> the larger lambda
+        chosen = grid_t[best]
+        # refit on the full rows, starting from the selection fit expressed in the full rows' standardisation
+        q_best = pr.index[torch.arange(P, device=dev), best]
+        fo = torch.tensor(fit_of, device=dev)
+        uo = torch.tensor(full_of, device=dev)
+        ratio = rs.scale[uo] / rs.scale[fo]
+        W0 = sel.W[q_best] * ratio[:, None, :]
+        b0 = sel.b[q_best] + (sel.W[q_best] * ((rs.mean[uo] - rs.mean[fo]) / rs.scale[fo])[:, None, :]).sum(-1)
+        pr2 = _problems(full_of, chosen[:, None], full_mask)
+        first = pr2.index[:, 0]
+        init_W = torch.zeros(int(pr2.lam.numel()), *W0.shape[1:], device=dev)
+        init_b = torch.zeros(int(pr2.lam.numel()), W0.shape[1], device=dev)
+        init_W[first], init_b[first] = W0, b0
+        ref = solve_linear(rs, pr2.set_of, pr2.lam, pr2.present, basis, tol=config.tol, max_iter=config.max_iter,
+                           history=config.history, batch_bytes=config.batch_bytes, gen=gen, init=(init_W, init_b))
+        extra: dict[str, object] = {
+            "converged": ref.converged[pr2.index], "grad_max": ref.grad_max[pr2.index],
+            "n_iter": ref.n_iter[pr2.index], "objective": ref.objective[pr2.index],
+            "precision": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "distinct_row_sets": len(rs), "distinct_problems": int(pr.lam.numel() + pr2.lam.numel())}
+        probes = _to_probes(rs, full_of, pr2, ref.W, ref.b, full_mask, extra, int(ref.n_iter.max()))
+        return Selection(probes=probes, l2=chosen, val_accuracy=acc[torch.arange(P, device=dev), best],
+                         val_accuracy_grid=acc,
+                         n_iter={"select": int(sel.n_iter.max()), "refit": int(ref.n_iter.max())})
+
+
+def _score(rs: RowSets, pr: _Problems, W: torch.Tensor, b: torch.Tensor, fit_of: Sequence[int],
+           val_of: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
+    """Weighted validation accuracy ``[P, G]`` of each probe's grid of problems on its validation set."""
+    P, G = pr.index.shape
+    D = rs.dim
+    out = torch.zeros(P, G, dtype=torch.float64, device=W.device)
+    for p in range(P):
+        q = pr.index[p]
+        a, c = rs.fold(torch.tensor([fit_of[p]], device=W.device))
+        d = torch.zeros(G, W.shape[1], rs.data.shape[1], device=W.device)
+        d[..., :D] = W[q] * a[:, None, :]
+        d[..., D] = b[q] + (W[q] * c[:, None, :]).sum(-1)
+        zv = rs.data[rs.members[val_of[p]]]
+        logits = (d.reshape(-1, d.shape[-1]).to(zv.dtype) @ zv.T).view(G, -1, zv.shape[0]).to(torch.float32)
+        if not bool(mask[p].all()):
+            logits.masked_fill_(~mask[p][None, :, None], -math.inf)
+        hit = (logits.argmax(1) == rs.labels[val_of[p]][None, :]).to(torch.float64)
+        out[p] = hit @ rs.weights[val_of[p]].to(torch.float64)
+    return out
 
 
 @dataclass
@@ -394,5 +614,5 @@ def evaluate_gathered(probes: BatchedProbes, x: torch.Tensor, y: torch.Tensor, r
     return correct / n, ce / n
 
 
-__all__ = ["BatchedProbes", "Preconditioner", "TrainerConfig", "evaluate_gathered", "fit_batched", "preconditioner",
-           "standardisation"]
+__all__ = ["BatchedProbes", "Preconditioner", "Selection", "TrainerConfig", "evaluate_gathered",
+           "fit_batched", "fit_select", "preconditioner", "standardisation"]
