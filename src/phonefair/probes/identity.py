@@ -378,7 +378,7 @@ def _cross_fit(z: np.ndarray, cell_speaker: np.ndarray, cell_part: np.ndarray, n
     part_cells = [np.flatnonzero(cell_part == q) for q in range(n_parts)]
     n_max = max(1, max(len(c) for c in part_cells))
     per_label = K * n_parts * n_max * D * 4
-    chunk = int(max(1, min(B1, cfg.lbfgs_max_bytes // max(1, per_label))))
+    chunk = int(max(1, min(B1, cfg.batch_bytes // max(1, per_label))))
     correct = np.zeros((n, B1))
     for c0 in range(0, B1, chunk):
         bs = range(c0, min(B1, c0 + chunk))
