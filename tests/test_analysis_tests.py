@@ -165,3 +165,56 @@ def test_nonfinite_rows_are_skipped_and_reported() -> None:
     d = Design.build(emb, sim.groups, min_speakers=2)
     res = analyze(emb, d, AnalysisSettings(n_perm=99, n_boot=20), seed=0)
     assert res["problems"]["reason"].str.contains("5 token rows hold NaN").any()
+
+
+def test_label_permutations_stay_within_strata() -> None:
+    lab = np.array([True, True, False, False, False, True, False, False, False, False])
+    strata = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    perms = label_permutations(lab, 200, np.random.default_rng(1), strata)
+    assert (perms[:, strata == 0].sum(1) == 2).all() and (perms[:, strata == 1].sum(1) == 1).all()
+    assert len({tuple(p) for p in perms}) > 30
+
+
+def test_cross_fitted_projection_of_a_half_ignores_that_half() -> None:
+    """The LDA that projects half h is fitted on the other half only: scaling half 0's tokens by 1.7 scales half 0's
+    cross-fitted speaker means by exactly 1.7 (their projection did not move; differences between speakers remove
+    the per-phone centring constant), while half 1's projection, fitted on half 0, changes."""
+    from phonefair.analysis.typology import _layer_stats, speaker_halves
+    from phonefair.store import InMemoryEmbeddings
+
+    sim = simulate("variance", seed=2, dim=12)
+    d = Design.build(sim.embeddings, sim.groups, min_speakers=2)
+    halves = speaker_halves(d, 0)
+    kw = dict(seed=0, lda_max_tokens=50_000, lda_shrinkage=0.1, chunk_rows=4096, halves=halves)
+    _, _, cf = _layer_stats(sim.embeddings, d, "0", ["lda"], **kw)
+    X = np.array(sim.embeddings.read("0", np.arange(len(sim.embeddings.tokens))), dtype=np.float64)
+    t = d.tokens
+    in_half0 = np.zeros(len(X), dtype=bool)
+    in_half0[t["row"].to_numpy()[halves[t["speaker_idx"].to_numpy()] == 0]] = True
+    X[in_half0] *= 1.7
+    _, _, cf2 = _layer_stats(InMemoryEmbeddings(sim.embeddings.tokens, {"0": X}), d, "0", ["lda"], **kw)
+
+    def rel(st: SpaceStats) -> np.ndarray:
+        return st.mean - st.mean[:1]
+
+    np.testing.assert_allclose(rel(cf2.stats[0]), 1.7 * rel(cf.stats[0]), atol=1e-3)
+    assert not np.allclose(rel(cf2.stats[1]), rel(cf.stats[1]), atol=1e-2)
+
+
+def test_more_variable_group_is_not_called_shifted_beyond_the_nominal_rate() -> None:
+    spaces = ("raw", "lda")
+    """Planted truth: group C only has larger speaker and token variance, no shift. A discriminant space fitted on
+    the same speakers keeps the noisier group's sampling deviations and once called C shifted in ~10% of datasets at
+    α = 0.05; fitted across speaker halves (cross-fitting) the false 'systematic' rate stays in the binomial band."""
+    sc = PRESETS["variance"]
+    for g, n in (("A", 8), ("B", 8), ("C", 6)):
+        sc = sc.with_group(g, n_speakers=n)
+    p = []
+    for seed in range(40):
+        sim = simulate(sc, seed=100 + seed, dim=16, n_phones=10)
+        d = Design.build(sim.embeddings, sim.groups, min_speakers=2)
+        res = analyze(sim.embeddings, d, AnalysisSettings(n_perm=199, n_boot=20, spaces=spaces),
+                      served=served_as(d, "C", ["A", "B"], ["0"]), seed=seed)
+        p.append(float(res["mechanism"].set_index("group").loc["C", "p_systematic"]))
+    # P(X ≥ 6 | n = 40, p = 0.05) = 0.014
+    assert np.mean(np.array(p) <= 0.05) <= 5 / 40

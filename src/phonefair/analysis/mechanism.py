@@ -17,6 +17,10 @@ drops) and one only the discriminant space sees are both found, at the stated le
 smallest p-value is reported as the one that carried the evidence. Across the groups served worse, each
 mechanism's p-values are Holm-adjusted.
 
+In the discriminant space every statistic is cross-fitted (:class:`~phonefair.analysis.shift_tests.CrossFit`: each
+speaker half projected by the LDA of the other half, permutations within halves): a projection fitted on the tested
+speakers would make a merely noisier group look shifted.
+
 **Shares** (at the group's peak layer, in each space, with a speaker-bootstrap interval): the *systematic excess*
 is the squared distance between the phone means (summed over dimensions, averaged over phones); the *random
 excess* is how much larger the expected squared distance of a token from its own group's phone mean is for ``g``
@@ -27,6 +31,7 @@ kind of error makes ``g``'s tokens farther from where the others' are.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +40,8 @@ import pandas as pd
 
 from phonefair import rng
 from phonefair.analysis.decomposition import components, group_moments, nanmean_last
-from phonefair.analysis.shift_tests import label_permutations, null_statistics, pair_statistics, percentile, subset
+from phonefair.analysis.shift_tests import (CrossFit, SplitPair, label_permutations, null_statistics,
+                                             pair_statistics, percentile, subset)
 from phonefair.analysis.sufficient import SpaceStats
 from phonefair.audit.design import Design
 from phonefair.stats import benjamini_hochberg, cluster_bootstrap_weights, holm
@@ -62,13 +68,17 @@ class MechanismPlan:
     share_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def collect(self, layer: str, space: str, st: SpaceStats, scale: np.ndarray, phones: list[str], *,
-                n_boot: int, level: float, seed: int) -> None:
-        """Observed and permutation statistics of this (layer, space); phone p-values and shares at the peak."""
-        sub = subset(st, self.idx)
-        has = sub.has
-        common = (has[self.labels].sum(0) >= 2) & (has[~self.labels].sum(0) >= 2)
-        obs = pair_statistics(sub, self.labels[None], common, scale)
-        null = null_statistics(sub, self.perms, common, scale)
+                n_boot: int, level: float, seed: int, cross_fit: CrossFit | None = None) -> None:
+        """Observed and permutation statistics of this (layer, space); phone p-values and shares at the peak.
+        With ``cross_fit`` (the LDA space), every statistic comes from the cross-fitted projection."""
+        if cross_fit is None:
+            sub = subset(st, self.idx)
+            common = (sub.has[self.labels].sum(0) >= 2) & (sub.has[~self.labels].sum(0) >= 2)
+            obs = pair_statistics(sub, self.labels[None], common, scale)
+            null = null_statistics(sub, self.perms, common, scale)
+        else:
+            sp = SplitPair(cross_fit, self.idx, self.labels)
+            obs, null = sp(self.labels[None]), null_statistics(sp, self.perms)
         key = (layer, space)
         self.shift_obs[key], self.shift_null[key] = float(obs.t_star[0]), null.t_star
         self.var_obs[key], self.var_null[key] = float(obs.var_t[0]), null.var_t
@@ -78,18 +88,35 @@ class MechanismPlan:
         with np.errstate(invalid="ignore"):
             p_phone = (1 + np.sum(null.t_phone >= obs.t_phone[0][None] - 1e-12, axis=0)) / (B + 1)
         p_phone = np.where(np.isnan(obs.t_phone[0]), np.nan, p_phone)
-        w = np.stack([self.labels, ~self.labels])[None].astype(float)
-        c = components(group_moments(sub, w))
+        parts = [(subset(st, self.idx), self.labels)] if cross_fit is None else \
+            [(part_st, self.labels[pos]) for pos, part_st, _, _ in sp.parts]
+        if not parts:
+            return
+        dist = []
+        reps = []
+        for i, (sub, lab) in enumerate(parts):
+            w = np.stack([lab, ~lab])[None].astype(float)
+            dist.append(components(group_moments(sub, w)).D[0, 0, 1])
+            com = (sub.has[lab].sum(0) >= 2) & (sub.has[~lab].sum(0) >= 2)
+            reps.append(_share_replicates(sub, lab, com, n_boot=n_boot,
+                                          seed=rng.derive_seed(seed, "shares", self.group, layer, space, i)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            shift_sq = np.nanmean(np.stack(dist), axis=0)
         for pi, ph in enumerate(phones):
-            self.phone_rows.append({"layer": layer, "space": space, "phone": ph, "shift_sq": c.D[0, 0, 1, pi],
+            self.phone_rows.append({"layer": layer, "space": space, "phone": ph, "shift_sq": shift_sq[pi],
                                     "t": obs.t_phone[0, pi], "p_value": p_phone[pi]})
-        self.share_rows.append({"layer": layer, "space": space,
-                                **_shares(sub, self.labels, common, n_boot=n_boot, level=level,
-                                          seed=rng.derive_seed(seed, "shares", self.group, layer, space))})
+        # halves: the average of the two halves' excesses (replicate b of one half with replicate b of the other)
+        sys = np.mean([r[0] for r in reps], axis=0)
+        rand = np.mean([r[1] for r in reps], axis=0)
+        self.share_rows.append({"layer": layer, "space": space, **_share_summary(sys, rand, level)})
 
 
-def plan_mechanisms(design: Design, decisions: pd.DataFrame, *, n_perm: int, seed: int) -> list[MechanismPlan]:
-    """One plan per group served worse (``decisions`` of :func:`~phonefair.analysis.served.served_worse`)."""
+def plan_mechanisms(design: Design, decisions: pd.DataFrame, *, n_perm: int, seed: int,
+                    halves: np.ndarray | None = None) -> list[MechanismPlan]:
+    """One plan per group served worse (``decisions`` of :func:`~phonefair.analysis.served.served_worse`).
+    ``halves``: the cross-fitting halves; permutations then stay within them (so the raw-space and cross-fitted
+    statistics share one set of permutations)."""
     names = design.group_names
     plans = []
     flagged = set(decisions.loc[decisions["served_worse"], "group"].astype(str))
@@ -103,15 +130,17 @@ def plan_mechanisms(design: Design, decisions: pd.DataFrame, *, n_perm: int, see
         layers = [x.strip() for x in str(d["layers"]).split(",") if x.strip()]
         idx = np.flatnonzero(np.isin(design.speaker_group, [g, *comp]))
         labels = design.speaker_group[idx] == g
-        perms = label_permutations(labels, n_perm, rng.derive(seed, "mechanism", names[g]))
+        perms = label_permutations(labels, n_perm, rng.derive(seed, "mechanism", names[g]),
+                                   None if halves is None else halves[idx])
         plans.append(MechanismPlan(group=g, comparison=comp, layers=layers, peak_layer=str(d["peak_layer"]),
                                    idx=idx, labels=labels, perms=perms))
     return plans
 
 
-def _shares(sub: SpaceStats, labels: np.ndarray, common: np.ndarray, *, n_boot: int, level: float, seed: int
-            ) -> dict[str, float]:
-    """Systematic and random excess (module docstring) with speaker-bootstrap intervals (within each set)."""
+def _share_replicates(sub: SpaceStats, labels: np.ndarray, common: np.ndarray, *, n_boot: int, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Systematic and random excess (module docstring), observed (replicate 0) and ``n_boot`` speaker-bootstrap
+    replicates (within each set)."""
     members = [np.flatnonzero(labels), np.flatnonzero(~labels)]
     strata = labels.astype(int)
     _, Wb = cluster_bootstrap_weights(np.arange(len(labels)), n_boot, seed=seed, strata=strata)
@@ -130,7 +159,11 @@ def _shares(sub: SpaceStats, labels: np.ndarray, common: np.ndarray, *, n_boot: 
         s_, r_ = stats(w[a:a + 200])
         sys_all.append(s_)
         rand_all.append(r_)
-    sys, rand = np.concatenate(sys_all), np.concatenate(rand_all)
+    return np.concatenate(sys_all), np.concatenate(rand_all)
+
+
+def _share_summary(sys: np.ndarray, rand: np.ndarray, level: float) -> dict[str, float]:
+    """Excesses and systematic share with percentile intervals from :func:`_share_replicates`' arrays."""
     sp, rp = np.maximum(sys, 0), np.maximum(rand, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(sp + rp > 0, sp / (sp + rp), np.nan)

@@ -23,16 +23,18 @@ speakers: group sums are ``weights @ speaker means`` (no speaker × speaker Gram
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from phonefair.analysis.decomposition import components, group_moments, nanmean_last
 from phonefair.analysis.sufficient import SpaceStats
-from phonefair.analysis.variance import speaker_dispersion, welch_t
+from phonefair.analysis.variance import phone_scale, speaker_dispersion, welch_t
 
 __all__ = ["PairStats", "pair_statistics", "permutation_test", "subset", "label_permutations",
-           "AdaptiveResult", "H_STOP", "null_statistics", "percentile"]
+           "AdaptiveResult", "H_STOP", "null_statistics", "percentile", "CrossFit", "SplitPair", "adaptive_test"]
 
 #: exceedances after which a statistic's permutation p-value is resolved (Besag & Clifford's h)
 H_STOP = 20
@@ -64,12 +66,86 @@ def pair_statistics(st: SpaceStats, labels: np.ndarray, common: np.ndarray, scal
     return PairStats(t_phone=t, t_star=nanmean_last(t, common), var_t=welch_t(disp, lab, ~lab))
 
 
-def label_permutations(labels: np.ndarray, n: int, gen: np.random.Generator) -> np.ndarray:
-    """``[n, S]``: each row a random permutation of the per-speaker labels (group sizes kept)."""
+def label_permutations(labels: np.ndarray, n: int, gen: np.random.Generator,
+                       strata: np.ndarray | None = None) -> np.ndarray:
+    """``[n, S]``: each row a random permutation of the per-speaker labels (group sizes kept), within each stratum
+    when ``strata [S]`` is given (the labels' counts in every stratum are then kept too)."""
     if n == 0:
         return np.zeros((0, len(labels)), dtype=labels.dtype)
     keys = gen.random((n, len(labels)))
+    if strata is not None:  # sort by stratum first: a permutation never leaves its stratum
+        keys = keys + 2.0 * np.searchsorted(np.unique(strata), strata)[None, :]
+        order = np.argsort(strata, kind="stable")
+        out = np.empty((n, len(labels)), dtype=labels.dtype)
+        out[:, order] = labels[np.argsort(keys, axis=1)]
+        return out
     return labels[np.argsort(keys, axis=1)]
+
+
+@dataclass
+class CrossFit:
+    """A projected space cross-fitted by speaker halves.
+
+    A projection fitted on the analysed speakers (the LDA) keeps the directions of the phone means it was fitted on,
+    sampling deviations included; a group whose speakers are noisier dominates those deviations, so its own
+    deviation is kept more than chance would keep it and it looks *shifted* (a false "systematic" verdict on a
+    purely noisier group). Fitted on the other half of the speakers, the projection is independent of the speakers
+    it projects, and the studentised tests keep their level.
+    """
+
+    stats: list[SpaceStats]  # stats[h]: the speakers of half h, projected by the projection fitted on the other half
+    members: list[np.ndarray]  # sorted speaker indices of each half
+    half: np.ndarray  # [S] the half of every speaker
+
+
+class SplitPair:
+    """Pair statistics in a :class:`CrossFit` space for speakers ``idx`` (``labels`` True = ``a``): computed within
+    each half (the speakers of a half share one projection) and averaged over the halves (Welch t: summed and
+    divided by √halves). A half with fewer than 2 speakers of either set is left out."""
+
+    def __init__(self, cf: CrossFit, idx: np.ndarray, labels: np.ndarray) -> None:
+        self.n = len(idx)
+        self.parts: list[tuple[np.ndarray, SpaceStats, np.ndarray, np.ndarray]] = []
+        self.n_phones = cf.stats[0].mean.shape[1]
+        for h in range(len(cf.stats)):
+            pos = np.flatnonzero(cf.half[idx] == h)
+            lab = labels[pos]
+            if lab.sum() < 2 or (~lab).sum() < 2:
+                continue
+            st = subset(cf.stats[h], np.searchsorted(cf.members[h], idx[pos]))
+            common = (st.has[lab].sum(0) >= 2) & (st.has[~lab].sum(0) >= 2)
+            if common.any():
+                self.parts.append((pos, st, common, phone_scale(st)))
+
+    @property
+    def common(self) -> np.ndarray:
+        """Phones some half can test."""
+        out = np.zeros(self.n_phones, dtype=bool)
+        for _, _, c, _ in self.parts:
+            out |= c
+        return out
+
+    def __call__(self, labels: np.ndarray) -> PairStats:
+        lab = np.atleast_2d(labels)
+        if not self.parts:
+            nan = np.full(len(lab), np.nan)
+            return PairStats(t_phone=np.full((len(lab), self.n_phones), np.nan), t_star=nan, var_t=nan.copy())
+        res = [pair_statistics(st, lab[:, pos], common, scale) for pos, st, common, scale in self.parts]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t_phone = np.nanmean(np.stack([r.t_phone for r in res]), axis=0)
+            t_star = np.nanmean(np.stack([r.t_star for r in res]), axis=0)
+            v = np.stack([r.var_t for r in res])
+            k = np.sum(~np.isnan(v), axis=0)
+            var_t = np.where(k > 0, np.nansum(v, axis=0) / np.sqrt(np.maximum(k, 1)), np.nan)
+        return PairStats(t_phone=t_phone, t_star=t_star, var_t=var_t)
+
+    def batch(self) -> int:
+        """Permutations per batch that keep the memory bounded."""
+        if not self.parts:
+            return 512
+        st = self.parts[0][1]
+        return _batch(self.n, st.mean.shape[1], st.mean.shape[2])
 
 
 def _batch(n_speakers: int, n_phones: int, dim: int) -> int:
@@ -91,19 +167,28 @@ class AdaptiveResult:
 def permutation_test(st: SpaceStats, labels: np.ndarray, common: np.ndarray, scale: np.ndarray, *,
                      n_max: int, gen: np.random.Generator, h: int = H_STOP, first: int = 99) -> AdaptiveResult:
     """Adaptive permutation p-values of every statistic of ``a`` (``labels`` True) vs ``b`` (module docstring)."""
-    obs = pair_statistics(st, labels[None], common, scale)
+    P, D = st.mean.shape[1], st.mean.shape[2]
+    return adaptive_test(lambda lab: pair_statistics(st, lab, common, scale), labels, n_max=n_max, gen=gen, h=h,
+                         first=first, batch=_batch(len(labels), P, D))
+
+
+def adaptive_test(stat: Callable[[np.ndarray], PairStats], labels: np.ndarray, *, n_max: int,
+                  gen: np.random.Generator, h: int = H_STOP, first: int = 99, batch: int = 512,
+                  strata: np.ndarray | None = None) -> AdaptiveResult:
+    """:func:`permutation_test` for any pair statistic ``stat(labels [b, S]) -> PairStats`` (permutations within
+    ``strata`` when given)."""
+    obs = stat(labels[None])
+    P = obs.t_phone.shape[1]
     o = np.concatenate([obs.t_phone[0], obs.t_star, obs.var_t, -obs.var_t])  # larger = more evidence
     M = len(o)
     ge = np.zeros(M, dtype=np.int64)
     used = np.zeros(M, dtype=np.int64)
     stopped = np.isnan(o)  # undefined statistics (a phone lacking speakers) need no permutations
     n_done = 0
-    P, D = st.mean.shape[1], st.mean.shape[2]
-    bs = _batch(len(labels), P, D)
     while n_done < n_max and not stopped.all():
-        b = min(min(first, bs) if n_done == 0 else bs, n_max - n_done)
-        perms = label_permutations(labels, b, gen)
-        ps = pair_statistics(st, perms, common, scale)
+        b = min(min(first, batch) if n_done == 0 else batch, n_max - n_done)
+        perms = label_permutations(labels, b, gen, strata)
+        ps = stat(perms)
         null = np.concatenate([ps.t_phone, ps.t_star[:, None], ps.var_t[:, None], -ps.var_t[:, None]], axis=1)
         hit = np.where(np.isnan(null), False, null >= o[None] - 1e-12)  # [b, M]
         cum = ge[None] + np.cumsum(hit, axis=0)
@@ -126,12 +211,18 @@ def permutation_test(st: SpaceStats, labels: np.ndarray, common: np.ndarray, sca
                           p_var_b=p[P + 2:P + 3], n_perm=used)
 
 
-def null_statistics(st: SpaceStats, perms: np.ndarray, common: np.ndarray, scale: np.ndarray) -> PairStats:
-    """:func:`pair_statistics` for a fixed set of permutations, in memory-bounded batches (mechanism tests reuse the
-    same permutations at every layer and space, so their evidence can be combined)."""
-    P, D = st.mean.shape[1], st.mean.shape[2]
-    bs = _batch(perms.shape[1], P, D)
-    parts = [pair_statistics(st, perms[a:a + bs], common, scale) for a in range(0, len(perms), bs)]
+def null_statistics(st: SpaceStats | SplitPair, perms: np.ndarray, common: np.ndarray | None = None,
+                    scale: np.ndarray | None = None) -> PairStats:
+    """:func:`pair_statistics` (or a :class:`SplitPair`'s) for a fixed set of permutations, in memory-bounded
+    batches (mechanism tests reuse the same permutations at every layer and space, so their evidence can be
+    combined)."""
+    if isinstance(st, SplitPair):
+        fn, bs = st, st.batch()
+    else:
+        P, D = st.mean.shape[1], st.mean.shape[2]
+        bs = _batch(perms.shape[1], P, D)
+        fn = partial(pair_statistics, st, common=common, scale=scale)
+    parts = [fn(perms[a:a + bs]) for a in range(0, len(perms), bs)]
     return PairStats(t_phone=np.concatenate([p.t_phone for p in parts]),
                      t_star=np.concatenate([p.t_star for p in parts]),
                      var_t=np.concatenate([p.var_t for p in parts]))

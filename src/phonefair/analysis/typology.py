@@ -29,7 +29,7 @@ import pandas as pd
 from phonefair import rng
 from phonefair.analysis.decomposition import components, consensus, group_moments, nanmean_last
 from phonefair.analysis.mechanism import MechanismPlan, mechanism_tables, plan_mechanisms
-from phonefair.analysis.shift_tests import percentile, permutation_test, subset
+from phonefair.analysis.shift_tests import CrossFit, SplitPair, adaptive_test, percentile, permutation_test, subset
 from phonefair.analysis.sufficient import LayerStats, SpaceStats, accumulate_layer, fit_lda, phone_centres, sample_rows
 from phonefair.analysis.variance import phone_scale, speaker_dispersion, variance_accuracy
 from phonefair.audit.design import Design
@@ -112,7 +112,9 @@ def analyze(source: EmbeddingSource, design: Design, settings: AnalysisSettings 
     layer_list = layer_order(all_layers if layers is None else parse_layers(list(layers), all_layers))
     spaces = list(s.spaces)
     n_mech = min(s.n_perm, 1999)
-    plans = plan_mechanisms(design, served.decisions, n_perm=n_mech, seed=seed) if served is not None else []
+    halves = speaker_halves(design, seed) if "lda" in spaces else None
+    plans = plan_mechanisms(design, served.decisions, n_perm=n_mech, seed=seed, halves=halves) \
+        if served is not None else []
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ("decomposition", "tests", "pairwise", "variance",
                                                              "speaker")}
     problems: list[dict[str, Any]] = [dict(r) for r in design.problems.to_dict("records")]
@@ -123,8 +125,8 @@ def analyze(source: EmbeddingSource, design: Design, settings: AnalysisSettings 
         from tqdm.auto import tqdm
         it = tqdm(layer_list, desc="typology", unit="layer", leave=False)
     for layer in it:
-        ls, info = _layer_stats(source, design, layer, spaces, seed=seed, lda_max_tokens=lda_max_tokens,
-                                lda_shrinkage=lda_shrinkage, chunk_rows=chunk_rows)
+        ls, info, cf = _layer_stats(source, design, layer, spaces, seed=seed, lda_max_tokens=lda_max_tokens,
+                                    lda_shrinkage=lda_shrinkage, chunk_rows=chunk_rows, halves=halves)
         lda_info[layer] = info
         if ls.nonfinite_rows is not None and len(ls.nonfinite_rows):
             problems.append({"reason": f"layer {layer}: {len(ls.nonfinite_rows)} token rows hold NaN/inf and were "
@@ -133,11 +135,13 @@ def analyze(source: EmbeddingSource, design: Design, settings: AnalysisSettings 
             st = ls.spaces[space]
             scale = phone_scale(st)
             gen = rng.derive(seed, "typology", layer, space)
+            xfit = cf if space == "lda" else None
             n_perm_used += _describe(st, design, layer, space, scale, rows, n_perm=s.n_perm, n_boot=s.n_boot,
-                                     level=s.level, gen=gen)
+                                     level=s.level, gen=gen, cross_fit=xfit)
             for plan in plans:
                 if layer in plan.layers or layer == plan.peak_layer:
-                    plan.collect(layer, space, st, scale, design.phones, n_boot=s.n_boot, level=s.level, seed=seed)
+                    plan.collect(layer, space, st, scale, design.phones, n_boot=s.n_boot, level=s.level, seed=seed,
+                                 cross_fit=xfit)
         del ls
 
     tests = pd.DataFrame(rows["tests"])
@@ -205,12 +209,25 @@ def analyze(source: EmbeddingSource, design: Design, settings: AnalysisSettings 
     return TypologyResults(table_map=tables, provenance=prov)
 
 
+def speaker_halves(design: Design, seed: int) -> np.ndarray:
+    """``[S]`` 0/1: every group's speakers split in two halves at random (the cross-fitted projection's folds)."""
+    gen = rng.derive(seed, "halves")
+    half = np.zeros(design.n_speakers, dtype=np.int64)
+    for g in range(design.n_groups):
+        idx = gen.permutation(np.flatnonzero(design.speaker_group == g))
+        half[idx[len(idx) // 2:]] = 1
+    return half
+
+
 def _layer_stats(source: EmbeddingSource, design: Design, layer: str, spaces: list[str], *, seed: int,
-                 lda_max_tokens: int, lda_shrinkage: float, chunk_rows: int) -> tuple[LayerStats, dict[str, Any]]:
-    """Per-(speaker, phone) statistics of one layer in every space (raw and/or LDA)."""
+                 lda_max_tokens: int, lda_shrinkage: float, chunk_rows: int, halves: np.ndarray | None = None
+                 ) -> tuple[LayerStats, dict[str, Any], CrossFit | None]:
+    """Per-(speaker, phone) statistics of one layer in every space (raw and/or LDA); with ``halves``, also the
+    LDA space cross-fitted by speaker halves (:class:`~phonefair.analysis.shift_tests.CrossFit`, for the tests)."""
     t = design.tokens
     rows = t["row"].to_numpy()
     pidx = t["phone_idx"].to_numpy()
+    sidx = t["speaker_idx"].to_numpy()
     P, S = len(design.phones), design.n_speakers
     samp_pos = np.searchsorted(rows, sample_rows(rows, lda_max_tokens, rng.derive_seed(seed, "lda", layer)))
     Xs = np.asarray(source.read(layer, rows[samp_pos]), dtype=np.float32)
@@ -221,21 +238,45 @@ def _layer_stats(source: EmbeddingSource, design: Design, layer: str, spaces: li
     info: dict[str, Any] = {}
     if "raw" in spaces:
         projections["raw"] = None
+    cross = "lda" in spaces and halves is not None
     if "lda" in spaces:
-        W, ev = fit_lda(Xs - centre[pidx[samp_pos]].astype(np.float32), pidx[samp_pos], P, shrinkage=lda_shrinkage)
+        # fitted on the tokens as they are: phone-centred tokens would have no between-phone scatter left
+        W, ev = fit_lda(Xs, pidx[samp_pos], P, shrinkage=lda_shrinkage)
         projections["lda"] = W
         info = {"n_components": int(W.shape[1]), "n_tokens": int(len(samp_pos)),
                 "fitted_on": "all analysed speakers (phone labels only)", "top_eigenvalues": [float(x) for x in ev[:5]]}
+        if cross:
+            assert halves is not None
+            in_half = halves[sidx[samp_pos]]
+            for h in (0, 1):
+                sel = in_half == h
+                if len(np.unique(pidx[samp_pos][sel])) < 2:
+                    cross = False
+                    break
+                projections[f"lda/{h}"] = fit_lda(Xs[sel], pidx[samp_pos][sel], P, shrinkage=lda_shrinkage)[0]
+            info["cross_fitted"] = "tests: each half of every group's speakers projected by the LDA of the other half"
     del Xs
-    ls = accumulate_layer(source, layer, rows, t["speaker_idx"].to_numpy(), pidx, S, P, centre=centre,
-                          projections=projections, chunk_rows=chunk_rows)
-    return ls, info
+    ls = accumulate_layer(source, layer, rows, sidx, pidx, S, P, centre=centre, projections=projections,
+                          chunk_rows=chunk_rows)
+    cf = None
+    if cross:
+        assert halves is not None
+        members = [np.flatnonzero(halves == h) for h in (0, 1)]
+        cf = CrossFit(stats=[subset(ls.spaces.pop(f"lda/{1 - h}"), members[h]) for h in (0, 1)], members=members,
+                      half=halves)
+    else:
+        for h in (0, 1):
+            ls.spaces.pop(f"lda/{h}", None)
+    return ls, info, cf
 
 
 def _describe(st: SpaceStats, design: Design, layer: str, space: str, scale: np.ndarray,
               rows: dict[str, list[dict[str, Any]]], *, n_perm: int, n_boot: int, level: float,
-              gen: np.random.Generator) -> list[int]:
-    """Decomposition, pairwise shifts, tests and speaker variance of every group in one (layer, space)."""
+              gen: np.random.Generator, cross_fit: CrossFit | None = None) -> list[int]:
+    """Decomposition, pairwise shifts, tests and speaker variance of every group in one (layer, space).
+
+    With ``cross_fit``, the tests use the cross-fitted projection (:class:`CrossFit`); the estimates stay those
+    of the projection fitted on all speakers (descriptive)."""
     G, S, P = design.n_groups, design.n_speakers, len(design.phones)
     labels = design.speaker_group
     names = design.group_names
@@ -259,7 +300,11 @@ def _describe(st: SpaceStats, design: Design, layer: str, space: str, scale: np.
         sub = subset(st, idx)
         lab = labels[idx] == g
         com = (sub.has[lab].sum(0) >= 2) & (sub.has[~lab].sum(0) >= 2)
-        r = permutation_test(sub, lab, com, scale, n_max=n_perm, gen=gen)
+        if cross_fit is None:
+            r = permutation_test(sub, lab, com, scale, n_max=n_perm, gen=gen)
+        else:
+            sp = SplitPair(cross_fit, idx, lab)
+            r = adaptive_test(sp, lab, n_max=n_perm, gen=gen, batch=sp.batch(), strata=cross_fit.half[idx])
         pp[g, h] = pp[h, g] = r.p_phone
         pps[g, h] = pps[h, g] = r.p_star[0]
         pv[g, h], pv[h, g] = r.p_var_a[0], r.p_var_b[0]
