@@ -182,3 +182,15 @@ def test_validate_command_reads_the_audio(tmp_path: Path, capsys: pytest.Capture
     assert main([*args, "--headers-only"]) == 3  # the 10 ms file is still caught from its header
     out = capsys.readouterr().out
     assert "NaN or infinite" not in out and "short.wav [duration]" in out
+
+
+def test_audio_and_unknown_phone_errors_are_data_errors_with_exit_3() -> None:
+    """Unreadable audio and unknown phone labels are data problems: the CLI exits 3 on them (docs/usage.md), and
+    ``except ValueError`` keeps catching them."""
+    from phonefair.corpus.audio import AudioError
+    from phonefair.corpus.phonesets import UnknownPhoneError
+    from phonefair.errors import EXIT_DATA, DataError, exit_code
+
+    for err in (AudioError("a.wav: not audio"), UnknownPhoneError("x.TextGrid: phone 'qq'")):
+        assert isinstance(err, DataError) and isinstance(err, ValueError)
+        assert exit_code(err) == EXIT_DATA == 3

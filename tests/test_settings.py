@@ -45,6 +45,8 @@ def test_every_setting_is_documented() -> None:
     ({"mix": "no"}, r"\[corpus.options\] mix: expected true or false, got 'no'"),
     ({"speaker_from": "folder"}, r"\[corpus.options\] speaker_from: expected one of"),
     ({"phone_scheme": "ipa"}, r"\[corpus.options\] phone_scheme: expected one of"),
+    ({"speakers": 5}, r"\[corpus.options\] speakers: expected a path \(a string\), got 5"),
+    ({"unknown": "skip"}, r"\[corpus.options\] unknown: expected one of"),
 ])
 def test_loader_option_values_are_checked_against_the_loader(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -329,9 +329,12 @@ def check_loader_options(kind: str, options: Mapping[str, Any], base: Path | Non
                               f"(options: {', '.join(params) or 'none'})")
         tp = hints.get(key, Any)
         is_path = "PathLike" in str(tp)
-        if is_path and isinstance(value, str):
-            out[key] = resolve_path(value, base) if base is not None else value
-            continue
+        if is_path:
+            if isinstance(value, str):
+                out[key] = resolve_path(value, base) if base is not None else value
+                continue
+            if value is not None or "None" not in str(tp):
+                raise ConfigError(f"{prefix}[corpus.options] {key}: expected a path (a string), got {value!r}")
         try:
             out[key] = _check_option(tp, value)
         except ValueError as exc:

@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from phonefair.errors import DataError
+
 __all__ = ["TARGET_SR", "AudioError", "AudioInfo", "audio_content_problems", "audio_info", "audio_problems",
            "read_audio", "read_samples"]
 
@@ -25,7 +27,7 @@ TARGET_SR = 16000
 CLIP_LEVEL = 0.999
 
 
-class AudioError(ValueError):
+class AudioError(DataError):
     """Audio that cannot be read or used as asked. The message names the file."""
 
 

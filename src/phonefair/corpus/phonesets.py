@@ -15,12 +15,14 @@ import functools
 import hashlib
 import re
 import unicodedata
-from importlib import resources
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from phonefair.errors import DataError
 
 __all__ = [
     "ARPABET39",
@@ -56,7 +58,7 @@ _IPA_STRESS = {"ˈ": 1, "ˌ": 2, "'": 1}
 _IPA_LENGTH = ("ː", "ˑ")
 
 
-class UnknownPhoneError(ValueError):
+class UnknownPhoneError(DataError):
     """A phone label that the scheme's table does not know."""
 
 
@@ -342,7 +344,7 @@ def normalize_phones(phones: pd.DataFrame, scheme: str, *, unknown: Literal["dro
         **dict(phones.attrs.get("provenance", {})),
         "phone_scheme": scheme, "phone_map": fname, "phone_map_sha256": sha,
         "unknown": unknown, "multi": multi,
-        "n_in": int(len(df)), "n_out": int(len(out)),
+        "n_in": len(df), "n_out": len(out),
         "n_unknown": int(sum(len(v) for v in unknown_rows.values())),
         "n_deleted": int(sum(len(v) for v in deleted_rows.values())),
         "n_multi": int(sum(len(v) for v in multi_rows.values())),
