@@ -194,3 +194,21 @@ def test_audio_and_unknown_phone_errors_are_data_errors_with_exit_3() -> None:
     for err in (AudioError("a.wav: not audio"), UnknownPhoneError("x.TextGrid: phone 'qq'")):
         assert isinstance(err, DataError) and isinstance(err, ValueError)
         assert exit_code(err) == EXIT_DATA == 3
+
+
+def test_a_half_written_tiny_model_is_rebuilt_not_loaded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run killed while writing ``out/models/tiny-*`` leaves a folder without its COMPLETE marker: the next run
+    rebuilds it (and a finished one is reused as is)."""
+    from phonefair.pipeline.stages import tiny_model_dir
+
+    half = tmp_path / "models" / "tiny-wav2vec2"
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{")  # truncated by the kill
+    d = tiny_model_dir("wav2vec2", tmp_path, seed=0)
+    assert d == half and (d / "COMPLETE").is_file()
+    import json
+
+    json.loads((d / "config.json").read_text())
+    stamp = (d / "config.json").stat().st_mtime_ns
+    assert tiny_model_dir("wav2vec2", tmp_path, seed=0) == d and (d / "config.json").stat().st_mtime_ns == stamp
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]
