@@ -68,3 +68,12 @@ def test_relative_option_paths_resolve_against_the_config_folder(tmp_path: Path,
     cfg = load_config(p)
     assert cfg.corpus.options["speakers"] == str((conf_dir / "speakers.csv").resolve())
     assert cfg.corpus.root == str((conf_dir / "data").resolve())
+
+
+def test_the_settings_reference_in_the_docs_is_the_code() -> None:
+    """docs/usage.md holds the table generated from the settings dataclasses: one default per setting, never stale."""
+    from phonefair.config import settings_reference
+
+    doc = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    block = doc.split("<!-- settings:begin -->\n")[1].split("<!-- settings:end -->")[0]
+    assert block == settings_reference(), "regenerate the table with phonefair.config.settings_reference()"

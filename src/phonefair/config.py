@@ -36,7 +36,7 @@ __all__ = [
     "ConfigError", "CorpusSettings", "SplitSettings", "EncoderSettings", "ExtractionSettings", "BaselineSettings",
     "LensSettings",
     "FinetuneSection", "OutputSettings", "RunSettings", "RunConfig", "load_config", "parse_config", "list_presets",
-    "preset_text", "load_preset", "CORPUS_KINDS",
+    "preset_text", "load_preset", "CORPUS_KINDS", "settings_reference",
 ]
 
 CORPUS_KINDS = ("timit", "l2arctic", "buckeye", "textgrid", "lhotse", "saved", "synthetic")
@@ -435,3 +435,41 @@ def preset_text(name: str) -> str:
 def load_preset(name: str, *, base_dir: str | Path | None = None) -> RunConfig:
     """A bundled preset as a :class:`RunConfig` (relative paths resolved against ``base_dir``)."""
     return parse_config(tomllib.loads(preset_text(name)), source=f"preset {name}", base_dir=base_dir)
+
+
+def settings_reference() -> str:
+    """The Markdown table of every TOML setting, generated from the settings dataclasses (docs/usage.md holds this
+    table between ``<!-- settings:begin -->`` and ``<!-- settings:end -->``; a test keeps them equal)."""
+    import dataclasses
+
+    from phonefair.settings import describe_type
+
+    classes: list[type[Settings]] = [CorpusSettings, GroupSpec, SplitSettings, EncoderSettings, ExtractionSettings,
+                                     ProbeSettings, AnalysisSettings, BaselineSettings, LensSettings, OutputSettings,
+                                     RunSettings]
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        docs = cls.docs()
+        defaults = cls.defaults()
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            default = defaults.get(f.name, "(required)")
+            shown = "(required)" if default == "(required)" else "none" if default is None else \
+                f"`{_toml(default)}`"
+            meaning = docs[f.name].replace("|", "\\|")
+            lines.append(f"| `{cls.section} {f.name}` | {describe_type(hints[f.name])} | {shown} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
+    return str(v)

@@ -65,6 +65,11 @@ def _show(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def describe_type(tp: Any) -> str:
+    """A setting's type in words (error messages and the settings reference)."""
+    return _describe(tp)
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if tp is bool:
