@@ -77,3 +77,14 @@ def test_the_settings_reference_in_the_docs_is_the_code() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
     block = doc.split("<!-- settings:begin -->\n")[1].split("<!-- settings:end -->")[0]
     assert block == settings_reference(), "regenerate the table with phonefair.config.settings_reference()"
+
+
+def test_an_acoustic_encoder_listed_by_hand_is_the_baseline() -> None:
+    """docs/baselines.md: `[[encoders]] model = "acoustic"` is the baseline (amplification, readings), like the
+    default one; `[baseline] enabled = false` turns both off."""
+    from phonefair.pipeline.workflows import baseline_name
+
+    assert baseline_name(parse_config(BASE)) == "acoustic-baseline"
+    by_hand = {**BASE, "encoders": [*BASE["encoders"], {"model": "acoustic", "name": "mfcc"}]}
+    assert baseline_name(parse_config(by_hand)) == "mfcc"
+    assert baseline_name(parse_config({**by_hand, "baseline": {"enabled": False}})) is None

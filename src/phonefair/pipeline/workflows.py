@@ -92,6 +92,14 @@ def _encoders(cfg: RunConfig) -> list[Any]:
     return encs
 
 
+def baseline_name(cfg: RunConfig) -> str | None:
+    """The encoder the others are compared with: the default acoustic baseline, or the first acoustic encoder
+    listed by hand under ``[[encoders]]`` (docs/baselines.md); none when ``[baseline] enabled = false``."""
+    if not cfg.baseline.enabled:
+        return None
+    return next((e.name for e in _encoders(cfg) if e.model.split(":")[0] == "acoustic"), None)
+
+
 def open_audit(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions, corpus: Any, groups: pd.Series,
                progress: bool) -> tuple[Any, dict[str, Any]]:
     """The run's :class:`~phonefair.audit.Audit` over lazily extracted stores, and each encoder's store key."""
@@ -99,7 +107,7 @@ def open_audit(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions, corp
     from phonefair.extraction.extract import prepare
 
     sources, store_keys = {}, {}
-    baseline = None
+    baseline = baseline_name(cfg)
     for enc in _encoders(cfg):
         encoder = resolve_encoder(enc, cfg, out)
         kw = extraction_kwargs(enc, cfg, out)
@@ -113,8 +121,6 @@ def open_audit(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions, corp
             return stages.extract(corpus, enc, cfg, out, progress)
 
         sources[enc.name] = LazySource(corpus.phones, opener)
-        if enc.name == "acoustic-baseline":
-            baseline = enc.name
     audit = Audit(sources, groups, reference=cfg.groups.reference, min_speakers=cfg.groups.min_speakers,
                   probes=cfg.probes, analysis=cfg.analysis, baseline=baseline, lenses=dict(cfg.lenses.options),
                   seed=cfg.run.seed, progress=progress)
