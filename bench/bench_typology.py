@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=500)
     args = ap.parse_args()
     from phonefair.analysis import analyze
+    from phonefair.audit.design import Design
+    from phonefair.settings import AnalysisSettings
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -113,7 +115,8 @@ def main() -> None:
         sampler.start()
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        res = analyze(src, groups, n_perm=args.n_perm, n_boot=args.n_boot, progress=False)
+        design = Design.build(src, groups, min_speakers=2)
+        res = analyze(src, design, AnalysisSettings(n_perm=args.n_perm, n_boot=args.n_boot), progress=False)
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         sampler.stop = True
@@ -127,7 +130,8 @@ def main() -> None:
                "anon_rss_before_mb": round(anon0 / 1024),
                "peak_anon_beyond_start_mb": round((sampler.peak_anon - anon0) / 1024)}
         print(json.dumps(out, indent=1))
-        print(res.tables()["verdict"][["group", "verdict", "shift_sq", "variance_ratio"]].to_string())
+        tests = res.table_map["shift_tests"]
+        print(tests[tests["phone"] == "*"].head(12).to_string())
 
 
 if __name__ == "__main__":
