@@ -95,7 +95,7 @@ class Truth:
     scenario: Scenario
     phones: list[str]
     phone_means: np.ndarray  # [L, P, D]
-    shift_vectors: np.ndarray  # [G, P, D] (before the layer multiplier)
+    shift_vectors: np.ndarray  # [G, P, D] layer 0's (before the layer multiplier; same norms at every layer)
     group_names: list[str]
 
     def shift_table(self) -> pd.DataFrame:
@@ -167,7 +167,9 @@ def simulate(scenario: Scenario | str = "null", *, seed: int = 0, **overrides: A
     c = _layer_mult(sc.layer_noise, L)
 
     phone_means = rng.normal(0.0, sc.phone_sep, size=(L, P, D))
-    shift_vectors = np.zeros((len(group_names), P, D))
+    # per layer: a "towards" shift follows each layer's own geometry (the layers' phone means are independent
+    # draws, so layer 0's direction would be a random, *helpful* direction at the other layers)
+    layer_shifts = np.zeros((L, len(group_names), P, D))
     for gi, g in enumerate(group_names):
         gp = sc.groups[g]
         if gp.shift == 0:
@@ -178,16 +180,19 @@ def simulate(scenario: Scenario | str = "null", *, seed: int = 0, **overrides: A
         else:
             shifted = [phones.index(p) for p in gp.shift_phones]
         if gp.shift_mode == "random":
-            dirs = rng.normal(size=(len(shifted), D))
-        elif gp.shift_mode == "towards":  # layer 0's geometry decides the nearest phone
-            mu = phone_means[0]
-            d2 = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
-            np.fill_diagonal(d2, np.inf)
-            dirs = mu[np.argmin(d2[shifted], axis=1)] - mu[shifted]
+            dirs = np.broadcast_to(rng.normal(size=(len(shifted), D)), (L, len(shifted), D)).copy()
+        elif gp.shift_mode == "towards":  # each layer's nearest other phone
+            dirs = np.empty((L, len(shifted), D))
+            for li in range(L):
+                mu = phone_means[li]
+                d2 = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
+                np.fill_diagonal(d2, np.inf)
+                dirs[li] = mu[np.argmin(d2[shifted], axis=1)] - mu[shifted]
         else:
             raise ValueError(f"group {g!r}: shift_mode must be 'random' or 'towards', got {gp.shift_mode!r}")
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        shift_vectors[gi, shifted] = gp.shift * dirs
+        dirs /= np.linalg.norm(dirs, axis=2, keepdims=True)
+        layer_shifts[:, gi, shifted] = gp.shift * dirs
+    shift_vectors = layer_shifts[0]
 
     token_frames, arrays = [], [[] for _ in range(L)]
     speaker_rows = []
@@ -207,7 +212,7 @@ def simulate(scenario: Scenario | str = "null", *, seed: int = 0, **overrides: A
             u = rng.normal(0.0, gp.speaker_sd, size=(P, D))
             e = rng.normal(0.0, gp.noise_sd, size=(n, D))
             for li in range(L):
-                x = phone_means[li, phone_idx] + a[li] * shift_vectors[gi, phone_idx] + b[li] * u[phone_idx] \
+                x = phone_means[li, phone_idx] + a[li] * layer_shifts[li, gi, phone_idx] + b[li] * u[phone_idx] \
                     + c[li] * e
                 arrays[li].append(x.astype(np.float32))
             token_frames.append(pd.DataFrame({"recording_id": f"{spk}_rec", "speaker": spk,
