@@ -90,3 +90,16 @@ seed = 7
     pd.testing.assert_frame_equal(audit.probes()["speaker_accuracy"].reset_index(drop=True),
                                   res.tables["speaker_accuracy"].drop(columns="encoder").reset_index(drop=True),
                                   check_dtype=False)
+
+
+def test_sentence_of_a_group_worse_than_one_but_above_the_average() -> None:
+    """Served worse than one group yet above the others' mean: the sentence leads with the pairwise difference and
+    says "above" in words, never "-2.4 points below"."""
+    from phonefair.analysis.verdict import sentence
+
+    r = {"group": "A", "served_worse": True, "gap": -0.024, "gap_ci_low": -0.07, "gap_ci_high": 0.022,
+         "versus": "B", "versus_gap": 0.141, "versus_ci_low": 0.09, "versus_ci_high": 0.191, "worse_than": "B",
+         "mechanism": "systematic", "layer": "3", "layers": "3"}
+    s = sentence(r)
+    assert s.startswith("A is served worse than B: 14.1 points below B [95% CI 9.0, 19.1]"), s
+    assert "2.4 points above the other groups on average" in s and "-2.4" not in s

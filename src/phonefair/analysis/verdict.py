@@ -224,7 +224,12 @@ def sentence(r: dict[str, Any]) -> str:
         gap = consensus + (f" (up to {pair})" if pair and r.get("versus_gap", 0) > r["gap"] + 1e-12
                            and str(r.get("worse_than", "")).count(",") else "")
     else:
-        gap = pair + (f" ({consensus.replace(' [95% CI', ' [')})" if consensus else "") if pair else consensus
+        side = ""
+        if consensus:  # beside the pairwise difference: the gap to the others, said with its sign in words
+            word = "below" if r["gap"] >= 0 else "above"
+            side = (f"{_pct(abs(r['gap']))} points {word} {ref} on average [gap {_pct(r['gap_ci_low'])}, "
+                    f"{_pct(r['gap_ci_high'])}]")
+        gap = pair + (f" ({side})" if side else "") if pair else consensus
     why = {"systematic": "its phone embeddings are shifted (systematic error)",
            "random": "its phone embeddings are more scattered (random error)",
            "systematic and random": "its phone embeddings are both shifted and more scattered",
