@@ -103,3 +103,16 @@ def test_sentence_of_a_group_worse_than_one_but_above_the_average() -> None:
     s = sentence(r)
     assert s.startswith("A is served worse than B: 14.1 points below B [95% CI 9.0, 19.1]"), s
     assert "2.4 points above the other groups on average" in s and "-2.4" not in s
+
+
+def test_sentence_never_says_both_and_no_excess_spread() -> None:
+    """'Both shifted and more scattered' with a peak-layer share of 100 % must not also say 'no excess spread'."""
+    from phonefair.analysis.verdict import sentence
+
+    r = {"group": "A", "served_worse": True, "gap": 0.28, "gap_ci_low": 0.24, "gap_ci_high": 0.32,
+         "versus": "B", "versus_gap": 0.31, "versus_ci_low": 0.27, "versus_ci_high": 0.35, "worse_than": "B, C",
+         "mechanism": "systematic and random", "share_systematic": 1.0, "share_ci_low": 1.0, "share_ci_high": 1.0,
+         "layer": "0", "layers": "0, 1"}
+    s = sentence(r)
+    assert "both shifted and more scattered" in s and "no excess spread" not in s
+    assert "the extra spread is at other layers" in s

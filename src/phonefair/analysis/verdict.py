@@ -238,10 +238,20 @@ def sentence(r: dict[str, Any]) -> str:
     share = ""
     if np.isfinite(r.get("share_systematic", np.nan)) and r.get("mechanism") in ("systematic", "random",
                                                                                 "systematic and random"):
-        if r.get("share_ci_low", np.nan) >= 0.995:
+        # the share is measured at the peak layer; the mechanism tests combine every layer where the group is
+        # served worse, so "both" can come with a one-sided share: then the share is stated with its layer
+        mech = r.get("mechanism")
+        if r.get("share_ci_low", np.nan) >= 0.995 and mech == "systematic":
             share = "; no excess spread (systematic share 100 %)"
-        elif r.get("share_ci_high", np.nan) <= 0.005:
+        elif r.get("share_ci_high", np.nan) <= 0.005 and mech == "random":
             share = "; no shift beyond chance (systematic share 0 %)"
+        elif mech == "systematic and random" and (r.get("share_ci_low", np.nan) >= 0.995
+                                                  or r.get("share_ci_high", np.nan) <= 0.005):
+            share = (f"; at layer {r['layer']} the excess distance is {_pct(r['share_systematic'])} % systematic "
+                     f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}] (the extra spread is at other "
+                     f"layers)") if r.get("share_ci_low", np.nan) >= 0.995 else (
+                f"; at layer {r['layer']} the excess distance is {_pct(r['share_systematic'])} % systematic "
+                f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}] (the shift is at other layers)")
         else:
             share = (f"; systematic share {_pct(r['share_systematic'])} % "
                      f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
