@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,14 @@ class _Ctx:
             df = df[df["encoder"].astype(str) == encoder]
             return df if len(df) else None
         return df
+
+    def at_headline(self, name: str, encoders: list[str] | None = None) -> Iterator[tuple[str, str, pd.DataFrame]]:
+        """``(encoder, headline layer, rows of table name at that layer)`` for every encoder that has both."""
+        for enc in self.encoders if encoders is None else encoders:
+            d = self.t(name, enc)
+            layer = self.headline.get(enc)
+            if d is not None and layer is not None:
+                yield enc, layer, d[d["layer"].astype(str) == layer]
 
     def figure(self, fig: Any, stem: str, caption: str, alt: str) -> str:
         """Embed ``fig`` with a numbered caption and save it as PNG + SVG + PDF under figures/."""
@@ -480,12 +488,8 @@ def _accuracy(c: _Ctx) -> str:
                  "that excludes 0 is not yet a verdict: verdicts control the family-wise error over all pairs and "
                  "layers (first screen).", "gap by layer")]
     rows = []
-    for enc in c.encoders:
-        d = c.t("group_accuracy", enc)
-        layer = c.headline.get(enc)
-        if d is None or layer is None:
-            continue
-        for r in d[d["layer"].astype(str) == layer].to_dict("records"):
+    for enc, layer, d in c.at_headline("group_accuracy"):
+        for r in d.to_dict("records"):
             rows.append([e(enc), e(layer), c.group_cell(r["group"]), e(r.get("n_speakers", MISSING)),
                          est_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"]),
                          est_ci(r["gap"], r["gap_ci_low"], r["gap_ci_high"], sign=True),
@@ -503,12 +507,8 @@ def _pairwise(c: _Ctx) -> str:
     if pw is None:
         return ""
     rows = []
-    for enc in c.encoders:
-        d = c.t("pairwise_accuracy", enc)
-        layer = c.headline.get(enc)
-        if d is None or layer is None:
-            continue
-        d = d[(d["layer"].astype(str) == layer) & (d["difference"] >= 0)]
+    for enc, layer, d in c.at_headline("pairwise_accuracy"):
+        d = d[d["difference"] >= 0]
         for r in d.sort_values("difference", ascending=False).to_dict("records"):
             rows.append([e(enc), e(layer), c.group_cell(r["group"]), c.group_cell(r["other"]),
                          est_ci(r["difference"], r["ci_low"], r["ci_high"], sign=True), pval(r["p_adjusted"]),
@@ -615,12 +615,8 @@ def _decomposition(c: _Ctx) -> str:
     if dec is None:
         return ""
     rows = []
-    for enc in c.encoders:
-        d = c.t("decomposition", enc)
-        layer = c.headline.get(enc)
-        if d is None or layer is None:
-            continue
-        d = d[(d["layer"].astype(str) == layer) & (d["phone"].astype(str) == "*")]
+    for enc, layer, d in c.at_headline("decomposition"):
+        d = d[d["phone"].astype(str) == "*"]
         for r in d.to_dict("records"):
             rows.append([e(enc), e(layer), e(r["space"]), c.group_cell(r["group"]),
                          est_ci(r["shift_sq"], r["shift_ci_low"], r["shift_ci_high"], 3, scale=1.0),
@@ -655,12 +651,7 @@ def _baseline(c: _Ctx) -> str | None:
                    "with paired 95 % Welch intervals over the same speakers. Above 0: the encoder makes the group's "
                    "gap larger than it is in the signal.", "amplification by layer")
     rows = []
-    for enc in c.audited:
-        d = c.t("amplification", enc)
-        layer = c.headline.get(enc)
-        if d is None or layer is None:
-            continue
-        d = d[(d["layer"].astype(str) == layer)]
+    for enc, layer, d in c.at_headline("amplification", c.audited):
         if "is_baseline_layer" in d.columns:
             d = d[d["is_baseline_layer"].astype(bool)]
         for r in d.to_dict("records"):
@@ -736,12 +727,8 @@ def _transfer(c: _Ctx) -> str:
                              "resampled-t intervals. Above 0: the group's phones are best read by its own probe — "
                              "behavioural evidence of a shift.", "in-group benefit"))
     rows = []
-    for enc in c.audited:
-        d = c.t("in_group_benefit", enc)
-        layer = c.headline.get(enc)
-        if d is None or layer is None:
-            continue
-        for r in d[d["layer"].astype(str) == layer].to_dict("records"):
+    for enc, layer, d in c.at_headline("in_group_benefit", c.audited):
+        for r in d.to_dict("records"):
             rows.append([e(enc), e(layer), c.group_cell(r["group"]), pct(r["acc_in_group"]), pct(r["acc_pooled"]),
                          est_ci(r["delta"], r["ci_low"], r["ci_high"], sign=True), pval(r["q_value"])])
     table = html_table(["encoder", "layer", "group", "own-group probe (%)", "pooled probe (%)",
@@ -768,12 +755,8 @@ def _variance(c: _Ctx) -> str:
                    "variance vs accuracy")
     rows = []
     if va is not None:
-        for enc in c.encoders:
-            d = c.t("variance_accuracy", enc)
-            layer = c.headline.get(enc)
-            if d is None or layer is None:
-                continue
-            for r in d[d["layer"].astype(str) == layer].to_dict("records"):
+        for enc, layer, d in c.at_headline("variance_accuracy"):
+            for r in d.to_dict("records"):
                 rows.append([e(enc), e(layer), e(r["space"]), est_ci(r["rho"], r["ci_low"], r["ci_high"], 2,
                                                                       scale=1.0),
                              num(r["rank_agreement"], 2, sign=True), e(r["n_speakers"])])
