@@ -67,10 +67,6 @@ def _show(v: Any) -> str:
 
 def describe_type(tp: Any) -> str:
     """A setting's type in words (error messages and the settings reference)."""
-    return _describe(tp)
-
-
-def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if tp is bool:
         return "true or false"
@@ -83,9 +79,9 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return f"one of {list(get_args(tp))}"
     if origin is tuple:
-        return f"a list of {_describe(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {describe_type(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
+        return " or ".join(describe_type(a) for a in get_args(tp) if a is not type(None))
     if origin in (Mapping, dict) or tp in (Mapping, dict):
         return "a table"
     return getattr(tp, "__name__", str(tp))
@@ -135,7 +131,7 @@ def check_value(tp: Any, v: Any, meta: Mapping[str, Any] | None = None) -> Any:
                 errors.append(exc.msg)
         if len(errors) == 1:
             raise InvalidValue(errors[0])
-        raise InvalidValue(f"expected {_describe(tp)}, got {_show(v)}")
+        raise InvalidValue(f"expected {describe_type(tp)}, got {_show(v)}")
     if tp is bool:
         if not isinstance(v, bool):
             raise InvalidValue(f"expected true or false, got {_show(v)}")
@@ -165,13 +161,13 @@ def check_value(tp: Any, v: Any, meta: Mapping[str, Any] | None = None) -> Any:
         item_tp = get_args(tp)[0]
         if not isinstance(v, (list, tuple)) or (meta.get("nonempty", True) and not v):
             what = "non-empty " if meta.get("nonempty", True) else ""
-            raise InvalidValue(f"expected a {what}{_describe(tp).removeprefix('a ')}, got {_show(v)}")
+            raise InvalidValue(f"expected a {what}{describe_type(tp).removeprefix('a ')}, got {_show(v)}")
         out = []
         for i, x in enumerate(v):
             try:
                 out.append(check_value(item_tp, x, meta))
             except InvalidValue as exc:
-                raise InvalidValue(f"expected {_describe(tp)}, got {_show(list(v))} (item {i}: {exc.msg})") from None
+                raise InvalidValue(f"expected {describe_type(tp)}, got {_show(list(v))} (item {i}: {exc.msg})") from None
         if meta.get("unique", True) and len(set(out)) != len(out):
             raise InvalidValue(f"list has duplicates: {_show(list(v))}")
         return tuple(out)
@@ -181,7 +177,7 @@ def check_value(tp: Any, v: Any, meta: Mapping[str, Any] | None = None) -> Any:
         return dict(v)
     if isinstance(tp, type) and isinstance(v, tp):
         return v
-    raise InvalidValue(f"expected {_describe(tp)}, got {_show(v)}")
+    raise InvalidValue(f"expected {describe_type(tp)}, got {_show(v)}")
 
 
 @dataclass(frozen=True)

@@ -247,11 +247,9 @@ def sentence(r: dict[str, Any]) -> str:
             share = "; no shift beyond chance (systematic share 0 %)"
         elif mech == "systematic and random" and (r.get("share_ci_low", np.nan) >= 0.995
                                                   or r.get("share_ci_high", np.nan) <= 0.005):
+            elsewhere = "the extra spread" if r["share_ci_low"] >= 0.995 else "the shift"
             share = (f"; at layer {r['layer']} the excess distance is {_pct(r['share_systematic'])} % systematic "
-                     f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}] (the extra spread is at other "
-                     f"layers)") if r.get("share_ci_low", np.nan) >= 0.995 else (
-                f"; at layer {r['layer']} the excess distance is {_pct(r['share_systematic'])} % systematic "
-                f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}] (the shift is at other layers)")
+                     f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}] ({elsewhere} is at other layers)")
         else:
             share = (f"; systematic share {_pct(r['share_systematic'])} % "
                      f"[{_pct(r['share_ci_low'])}, {_pct(r['share_ci_high'])}]")
