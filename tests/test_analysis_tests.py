@@ -175,6 +175,36 @@ def test_label_permutations_stay_within_strata() -> None:
     assert len({tuple(p) for p in perms}) > 30
 
 
+def test_omnibus_shift_is_one_ratio_pooled_over_phones_and_halves() -> None:
+    """T_* = Σ_p D_p / Σ_p se_p (not the mean of per-phone ratios, whose few-speaker denominators made the test
+    liberal for a noisier small group); in a cross-fitted space the sums also run over both halves."""
+    from phonefair.analysis.decomposition import components, group_moments
+    from phonefair.analysis.shift_tests import CrossFit, SplitPair, pair_statistics, subset
+    from phonefair.analysis.typology import _layer_stats
+
+    sim = simulate("variance", seed=4, dim=8, n_phones=6)
+    d = Design.build(sim.embeddings, sim.groups, min_speakers=2)
+    ls, _, _ = _layer_stats(sim.embeddings, d, "0", ["raw"], seed=0, lda_max_tokens=50_000, lda_shrinkage=0.1,
+                            chunk_rows=4096, halves=None)
+    st = ls.spaces["raw"]
+    lab = d.speaker_group == d.group_names.index("C")
+    common = np.ones(st.mean.shape[1], dtype=bool)
+    obs = pair_statistics(st, lab[None], common, phone_scale(st))
+    c = components(group_moments(st, np.stack([lab, ~lab])[None].astype(float)))
+    D, se = c.D[0, 0, 1], c.scale[0, 0, 1]
+    assert obs.t_star[0] == pytest.approx(D.sum() / se.sum())
+    assert obs.t_star[0] != pytest.approx(np.mean(D / se))
+    np.testing.assert_allclose(obs.t_phone[0], D / se)
+
+    half = np.arange(d.n_speakers) % 2
+    members = [np.flatnonzero(half == h) for h in (0, 1)]
+    cf = CrossFit(stats=[subset(st, m) for m in members], members=members, half=half)
+    idx = np.arange(d.n_speakers)
+    sp = SplitPair(cf, idx, lab)(lab[None])
+    parts = [pair_statistics(subset(st, m), lab[m][None], common, phone_scale(subset(st, m))) for m in members]
+    assert sp.t_star[0] == pytest.approx(sum(p.d_sum[0] for p in parts) / sum(p.se_sum[0] for p in parts))
+
+
 def test_cross_fitted_projection_of_a_half_ignores_that_half() -> None:
     """The LDA that projects half h is fitted on the other half only: scaling half 0's tokens by 1.7 scales half 0's
     cross-fitted speaker means by exactly 1.7 (their projection did not move; differences between speakers remove
@@ -202,10 +232,11 @@ def test_cross_fitted_projection_of_a_half_ignores_that_half() -> None:
 
 
 def test_more_variable_group_is_not_called_shifted_beyond_the_nominal_rate() -> None:
-    spaces = ("raw", "lda")
     """Planted truth: group C only has larger speaker and token variance, no shift. A discriminant space fitted on
     the same speakers keeps the noisier group's sampling deviations and once called C shifted in ~10% of datasets at
-    α = 0.05; fitted across speaker halves (cross-fitting) the false 'systematic' rate stays in the binomial band."""
+    α = 0.05; fitted across speaker halves (cross-fitting) and with one pooled denominator (ratio of sums) the false
+    'systematic' rate stays in the binomial band."""
+    spaces = ("raw", "lda")
     sc = PRESETS["variance"]
     for g, n in (("A", 8), ("B", 8), ("C", 6)):
         sc = sc.with_group(g, n_speakers=n)

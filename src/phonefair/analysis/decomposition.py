@@ -89,7 +89,8 @@ class Components:
     """Estimates for one batch of replicates."""
 
     D: np.ndarray  # [b, G, G, P] squared distances between group means (0 on the diagonal)
-    T: np.ndarray  # [b, G, G, P] studentised distances D / (v_g/n_g + v_h/n_h)
+    T: np.ndarray  # [b, G, G, P] studentised distances D / scale
+    scale: np.ndarray  # [b, G, G, P] v_g/n_g + v_h/n_h: the noise scale of the difference of two group means
     between: np.ndarray  # [b, G, P] per-dim between-speaker variance
     within: np.ndarray  # [b, G, P] per-dim within-speaker variance
     N: np.ndarray  # [b, G, P]
@@ -114,7 +115,7 @@ def components(m: Moments) -> Components:
         T = np.where(eye, Dm, Dm / scale)
         within = np.where(m.DOF > 0, m.SSW / (m.dim * m.DOF), np.nan)
         between = spread / m.dim - within * m.INV / m.N
-    return Components(D=Dm, T=T, between=between, within=within, N=m.N, tokens=m.TOK)
+    return Components(D=Dm, T=T, scale=scale, between=between, within=within, N=m.N, tokens=m.TOK)
 
 
 def consensus(pair: np.ndarray) -> np.ndarray:

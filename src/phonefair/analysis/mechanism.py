@@ -5,8 +5,8 @@ For a group ``g`` served worse, the comparison set ``C_g`` is the groups it is s
 a shifted group in the comparison set would make a merely noisier ``g`` look shifted against the pooled set. At the layers where it is served worse, in every analysed space (raw embedding
 space and the discriminant space), ``g``'s speakers are compared with ``C_g``'s speakers pooled:
 
-* **systematic**: the studentised squared distance between ``g``'s and ``C_g``'s phone means, averaged over phones
-  (:mod:`~phonefair.analysis.shift_tests`);
+* **systematic**: the studentised squared distance between ``g``'s and ``C_g``'s phone means over all phones,
+  ``T_*`` (a ratio of sums over phones: :mod:`~phonefair.analysis.shift_tests`);
 * **random**: the Welch t of the speakers' normalised phoneme variance, one-sided (``g`` more variable).
 
 **Combining spaces and layers** (a stated, calibrated rule): every (layer, space) statistic gets its permutation

@@ -10,7 +10,11 @@ Statistics (``a`` against ``b``):
 * per phone, the *studentised* squared distance ``T_p = D_ab / (v_a/n_a + v_b/n_b)`` (``D`` the unbiased
   U-statistic distance of :mod:`~phonefair.analysis.decomposition`, ``v`` the total variance of a group's speaker
   means): a group whose speakers are merely noisier is then not mistaken for a shifted one (Janssen 1997; Chung &
-  Romano 2013); and ``T_*``, its mean over the phones both sets have (≥ 2 speakers each);
+  Romano 2013); and the omnibus ``T_* = Σ_p D_ab,p / Σ_p (v_a/n_a + v_b/n_b)_p`` over the phones both sets have
+  (≥ 2 speakers each; in a :class:`CrossFit` space the sums also run over both halves). The ratio of sums pools the
+  variance estimates of every phone (and half) in one denominator: averaging per-phone ratios instead, each
+  denominator estimated from a few speakers, makes the permutation test liberal when the noisier set is also the
+  smaller one (Behrens–Fisher; measured in docs/typology.md §7);
 * the Welch t of the speakers' normalised phoneme variance (:func:`~phonefair.analysis.variance.speaker_dispersion`),
   positive when ``a`` is more variable.
 
@@ -29,7 +33,7 @@ from functools import partial
 
 import numpy as np
 
-from phonefair.analysis.decomposition import components, group_moments, nanmean_last
+from phonefair.analysis.decomposition import components, group_moments
 from phonefair.analysis.sufficient import SpaceStats
 from phonefair.analysis.variance import phone_scale, speaker_dispersion, welch_t
 
@@ -53,6 +57,8 @@ class PairStats:
     t_phone: np.ndarray  # [b, P] studentised squared distance per phone
     t_star: np.ndarray  # [b] mean over common phones
     var_t: np.ndarray  # [b] Welch t of speaker dispersion, a minus b
+    d_sum: np.ndarray  # [b] Σ_p D_p over common phones: numerator of t_star
+    se_sum: np.ndarray  # [b] Σ_p (v_a/n_a + v_b/n_b) over common phones: denominator of t_star
 
 
 def pair_statistics(st: SpaceStats, labels: np.ndarray, common: np.ndarray, scale: np.ndarray) -> PairStats:
@@ -63,7 +69,16 @@ def pair_statistics(st: SpaceStats, labels: np.ndarray, common: np.ndarray, scal
     c = components(m)
     t = c.T[:, 0, 1, :]
     disp = speaker_dispersion(st, w, scale, m=m)
-    return PairStats(t_phone=t, t_star=nanmean_last(t, common), var_t=welch_t(disp, lab, ~lab))
+    d, se = c.D[:, 0, 1, :], c.scale[:, 0, 1, :]
+    ok = common[None] & np.isfinite(d) & np.isfinite(se)
+    d_sum, se_sum = np.where(ok, d, 0.0).sum(-1), np.where(ok, se, 0.0).sum(-1)
+    return PairStats(t_phone=t, t_star=_ratio(d_sum, se_sum), var_t=welch_t(disp, lab, ~lab), d_sum=d_sum,
+                     se_sum=se_sum)
+
+
+def _ratio(d_sum: np.ndarray, se_sum: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(se_sum > 0, d_sum / se_sum, np.nan)
 
 
 def label_permutations(labels: np.ndarray, n: int, gen: np.random.Generator,
@@ -129,16 +144,18 @@ class SplitPair:
         lab = np.atleast_2d(labels)
         if not self.parts:
             nan = np.full(len(lab), np.nan)
-            return PairStats(t_phone=np.full((len(lab), self.n_phones), np.nan), t_star=nan, var_t=nan.copy())
+            return PairStats(t_phone=np.full((len(lab), self.n_phones), np.nan), t_star=nan, var_t=nan.copy(),
+                             d_sum=nan.copy(), se_sum=nan.copy())
         res = [pair_statistics(st, lab[:, pos], common, scale) for pos, st, common, scale in self.parts]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             t_phone = np.nanmean(np.stack([r.t_phone for r in res]), axis=0)
-            t_star = np.nanmean(np.stack([r.t_star for r in res]), axis=0)
+            # one ratio over both halves: its denominator pools both halves' variance estimates
+            d_sum, se_sum = np.sum([r.d_sum for r in res], axis=0), np.sum([r.se_sum for r in res], axis=0)
             v = np.stack([r.var_t for r in res])
             k = np.sum(~np.isnan(v), axis=0)
             var_t = np.where(k > 0, np.nansum(v, axis=0) / np.sqrt(np.maximum(k, 1)), np.nan)
-        return PairStats(t_phone=t_phone, t_star=t_star, var_t=var_t)
+        return PairStats(t_phone=t_phone, t_star=_ratio(d_sum, se_sum), var_t=var_t, d_sum=d_sum, se_sum=se_sum)
 
     def batch(self) -> int:
         """Permutations per batch that keep the memory bounded."""
@@ -225,7 +242,8 @@ def null_statistics(st: SpaceStats | SplitPair, perms: np.ndarray, common: np.nd
     parts = [fn(perms[a:a + bs]) for a in range(0, len(perms), bs)]
     return PairStats(t_phone=np.concatenate([p.t_phone for p in parts]),
                      t_star=np.concatenate([p.t_star for p in parts]),
-                     var_t=np.concatenate([p.var_t for p in parts]))
+                     var_t=np.concatenate([p.var_t for p in parts]),
+                     d_sum=np.concatenate([p.d_sum for p in parts]), se_sum=np.concatenate([p.se_sum for p in parts]))
 
 
 def percentile(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
