@@ -481,7 +481,8 @@ def demo(out_dir: str | Path, *, model: str = "auto", quick: bool = False, progr
     if quick:
         opts = dict(cfg.corpus.options)
         opts.update(speakers_per_group=min(int(opts.get("speakers_per_group", 6)), QUICK_SPEAKERS_PER_CELL),
-                    sentences_per_speaker=min(int(opts.get("sentences_per_speaker", 6)), QUICK_SENTENCES))
+                    sentences_per_speaker=min(int(opts.get("sentences_per_speaker", 6)), QUICK_SENTENCES),
+                    sentences_per_recording=1)
         base = EncoderSettings(model=cfg.baseline.model, name="acoustic-baseline", layers=QUICK_BASELINE_FEATURES,
                                dtype="float32", device="cpu")
         cfg = replace(cfg, corpus=replace(cfg.corpus, options=opts), encoders=(*cfg.encoders, base),
