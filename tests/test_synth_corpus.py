@@ -256,8 +256,8 @@ def test_generic_textgrid_loader_reads_the_same_phones(tiny: tuple[Corpus, Path]
 
 def test_several_sentences_per_recording_read_the_same_sentences_in_fewer_recordings(tmp_path: Path) -> None:
     """The demo's Whisper pads every input to 30 s: two sentences per recording halve the recordings, not the speech."""
-    kw = dict(accents=("en-US",), speakers_per_group=1, families=("m",), sentences_per_speaker=4, seed=0,
-              progress=False)
+    kw: dict = {"accents": ("en-US",), "speakers_per_group": 1, "families": ("m",), "sentences_per_speaker": 4,
+                "seed": 0, "progress": False}
     one = build_synthetic_corpus(tmp_path / "one", **kw)
     two = build_synthetic_corpus(tmp_path / "two", sentences_per_recording=2, **kw)
     assert len(one.recordings) == 4 and len(two.recordings) == 2

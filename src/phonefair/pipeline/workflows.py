@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from phonefair.config import ConfigError, OutputSettings, RunConfig, load_config, load_preset
+from phonefair.config import ConfigError, RunConfig, load_config, load_preset
 from phonefair.io import write_json, write_table
 from phonefair.pipeline.cache import StageCache, cache_key
 from phonefair.pipeline.stages import (
@@ -440,6 +440,7 @@ def lighter_than_defaults(cfg: RunConfig) -> list[str]:
     """``"[probes] folds = 3 (default 5)"``, ...: every statistical setting of ``cfg`` that differs from an audit's
     default (``[probes]``, ``[analysis]``, ``[lenses] options``, the acoustic baseline's feature sets, the figure
     files), read from the values the run uses, so the demo's report states exactly how it was lightened."""
+    from phonefair.config import OutputSettings
     from phonefair.probes.identity import IdentitySettings
     from phonefair.settings import AnalysisSettings, ProbeSettings
 
