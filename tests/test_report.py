@@ -303,6 +303,10 @@ def test_before_after_inside_the_main_report(audit: Audit, tmp_path: Path) -> No
     assert "change_gap_by_layer" in cmp_ and "&gt; 100 %" in cmp_
     assert "PER 2.60 = 260 %" in html[:html.index('id="howto"')]  # caveat on the first screen
     assert not list(tmp_path.rglob("comparison.html"))
+    # PNG-only figure files (the demo's setting): the page says so, and how to get the vector copies
+    assert {p.suffix for p in (tmp_path / "figures").iterdir()} == {".png"}
+    exports = html[html.index('id="exports"'):]
+    assert "as 200-dpi PNG under" in exports and "[output] figures" in exports and "Figures in figures/ (PNG)" in html
     ch = pd.read_parquet(tmp_path / "tables" / "change_headline.parquet")
     ca = changes["change_accuracy"]
     layer = audit.summary()["encoders"]["enc-a"]["headline_layer"]

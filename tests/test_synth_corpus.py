@@ -252,3 +252,21 @@ def test_generic_textgrid_loader_reads_the_same_phones(tiny: tuple[Corpus, Path]
     np.testing.assert_allclose(a["end"], b["end"], atol=1e-9)
     assert (a["phone"] == b["phone"]).all() and (a["phone_raw"] == b["phone_raw"]).all()
     assert set(g.speakers["accent"]) == set(ACCENTS)
+
+
+def test_several_sentences_per_recording_read_the_same_sentences_in_fewer_recordings(tmp_path: Path) -> None:
+    """The demo's Whisper pads every input to 30 s: two sentences per recording halve the recordings, not the speech."""
+    kw: dict = {"accents": ("en-US",), "speakers_per_group": 1, "families": ("m",), "sentences_per_speaker": 4,
+                "seed": 0, "progress": False}
+    one = build_synthetic_corpus(tmp_path / "one", **kw)
+    two = build_synthetic_corpus(tmp_path / "two", sentences_per_recording=2, **kw)
+    assert len(one.recordings) == 4 and len(two.recordings) == 2
+    assert two.recordings["duration"].sum() == pytest.approx(one.recordings["duration"].sum(), rel=0.15)
+    texts = pd.read_csv(tmp_path / "two" / "utterances.csv")["text"].tolist()
+    assert texts == [f"{SENTENCES[0]} {SENTENCES[1]}", f"{SENTENCES[2]} {SENTENCES[3]}"]
+    speech = ~one.phones["phone"].isin(["sil"])  # the joined reading may add a pause between the sentences
+    assert sorted(two.phones.loc[~two.phones["phone"].isin(["sil"]), "phone"]) == sorted(one.phones.loc[speech,
+                                                                                                          "phone"])
+    assert two.extra["sentences_per_recording"] == 2
+    with pytest.raises(ValueError, match="divide sentences_per_speaker"):
+        build_synthetic_corpus(tmp_path / "bad", **{**kw, "sentences_per_speaker": 3}, sentences_per_recording=2)

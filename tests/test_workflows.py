@@ -148,3 +148,20 @@ batch_size = 2
     # a bad key is named
     cfg.write_text(cfg.read_text().replace("n_perm = 99", "n_perms = 99"))
     assert main(["--quiet", "run", str(cfg)]) == 2
+
+
+def test_the_demo_states_every_setting_lighter_than_an_audit(tmp_path: Path) -> None:
+    """The demo preset's report note is generated from the settings used: every lightened value, nothing else."""
+    from phonefair.config import load_preset, parse_config
+    from phonefair.pipeline.workflows import lighter_than_defaults
+
+    cfg = load_preset("demo").replace_output(tmp_path)
+    assert cfg.output.figures == ("png",) and cfg.output.dir == str(tmp_path.resolve())  # the move keeps the rest
+    lighter = lighter_than_defaults(cfg)
+    assert "[probes] folds = 3 (default 5)" in lighter
+    assert "[analysis] n_perm = 1999 (default 9999)" in lighter and "[lenses] n_resamples = 5 (default 10)" in lighter
+    assert any(x.startswith("[output] figures = ['png']") for x in lighter)
+    assert not any("[probes] type" in x or "alpha" in x for x in lighter)  # unchanged settings are not listed
+    audit_cfg = parse_config({"corpus": {"kind": "synthetic"}, "groups": {"attribute": "accent"},
+                              "encoders": [{"model": "tiny:wav2vec2"}]})
+    assert lighter_than_defaults(audit_cfg) == []

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("phonefair-demo"), help="output folder (default: %(default)s)")
     d.add_argument("--model", choices=("auto", "real", "tiny"), default="auto",
                    help="auto: the real Whisper tiny.en if installed, else the tiny random wav2vec2")
-    d.add_argument("--quick", action="store_true", help="fewer speakers, seeds and resamples (about a minute)")
+    d.add_argument("--quick", action="store_true", help="fewer speakers, resamples and features (about half a minute)")
 
     v = cmd("validate", "Check a config and its corpus (or a corpus folder) and print the problems found.",
             "examples:\n  phonefair validate my.toml\n  phonefair validate --kind timit --root data/TIMIT "

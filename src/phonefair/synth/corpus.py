@@ -213,6 +213,7 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence[str] = DEFAULT_ACCENTS,
                            speakers_per_group: int = 5, sentences_per_speaker: int = 4,
+                           sentences_per_recording: int = 1,
                            families: Sequence[str] = ("m", "f"), seed: int = 0,
                            snr_db: Mapping[str, float] | float | None = None,
                            lowpass_hz: Mapping[str, float] | float | None = None,
@@ -224,6 +225,9 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
     ``speakers_per_group`` speakers per (accent, voice family) cell, each reading ``sentences_per_speaker``
     sentences: speaker *k* of every cell reads the same sentences (a rotation through ``sentences``, default the
     built-in :data:`~phonefair.synth.sentences.SENTENCES`), so groups are compared on identical text.
+    ``sentences_per_recording`` consecutive sentences are read in one recording (``sentences_per_speaker`` must be
+    a multiple): longer recordings, fewer of them, the same phones. An encoder with a fixed input window (Whisper
+    pads every input to 30 s) runs once per recording, so two-sentence recordings halve its cost.
     ``snr_db`` / ``lowpass_hz``: one value for all accents, a dict ``{accent: value}`` (accents not in it stay
     clean) or ``None``. ``max_minutes`` caps the total audio; utterances are synthesised round by round (every
     speaker's first sentence, then every speaker's second, ...) so the cap trims all groups evenly, and what is
@@ -239,6 +243,9 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
         raise ValueError("sentences must be a non-empty list of non-empty strings")
     if sentences_per_speaker < 1:
         raise ValueError(f"sentences_per_speaker must be >= 1, got {sentences_per_speaker}")
+    if sentences_per_recording < 1 or sentences_per_speaker % sentences_per_recording:
+        raise ValueError(f"sentences_per_recording must be >= 1 and divide sentences_per_speaker "
+                         f"({sentences_per_speaker}), got {sentences_per_recording}")
     if max_minutes is not None and max_minutes <= 0:
         raise ValueError(f"max_minutes must be > 0, got {max_minutes}")
     speakers = plan_speakers(accents, speakers_per_group=speakers_per_group, families=families, seed=seed,
@@ -247,10 +254,15 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
     _prepare_out_dir(out, overwrite)
     synth = get_synth()
     ids = [f"s{i + 1:03d}" for i in range(len(texts))]
+    if sentences_per_recording > 1:  # recording j reads sentences j*n ... j*n + n - 1 of the list (wrapping round)
+        n, m = sentences_per_recording, -(-len(texts) // sentences_per_recording)
+        parts = [[(j * n + i) % len(texts) for i in range(n)] for j in range(m)]
+        texts, ids = tuple(" ".join(texts[i] for i in q) for q in parts), ["-".join(ids[i] for i in q) for q in parts]
+    recordings_per_speaker = sentences_per_speaker // sentences_per_recording
     cell_index = {s.speaker: int(s.speaker.rsplit("_s", 1)[1]) - 1 for s in speakers}
 
     # round-robin order: sentence round r of every speaker before round r + 1
-    jobs = [(r, spk) for r in range(sentences_per_speaker) for spk in speakers]
+    jobs = [(r, spk) for r in range(recordings_per_speaker) for spk in speakers]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -263,7 +275,7 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
     total_s = 0.0
     skipped: list[str] = []
     for r, spk in jobs:
-        k = (cell_index[spk.speaker] * sentences_per_speaker + r) % len(texts)
+        k = (cell_index[spk.speaker] * recordings_per_speaker + r) % len(texts)
         rec_id = f"{spk.speaker}_{ids[k]}"
         if max_minutes is not None and total_s >= max_minutes * 60:
             skipped.append(rec_id)
@@ -329,7 +341,8 @@ def build_synthetic_corpus(out_dir: str | os.PathLike[str], *, accents: Sequence
     options = {
         "generator": "phonefair.synth.corpus.build_synthetic_corpus",
         "accents": list(accents), "speakers_per_group": speakers_per_group,
-        "sentences_per_speaker": sentences_per_speaker, "families": list(families), "seed": seed,
+        "sentences_per_speaker": sentences_per_speaker, "sentences_per_recording": sentences_per_recording,
+        "families": list(families), "seed": seed,
         "snr_db": snr_db if not isinstance(snr_db, Mapping) else dict(snr_db),
         "lowpass_hz": lowpass_hz if not isinstance(lowpass_hz, Mapping) else dict(lowpass_hz),
         "max_minutes": max_minutes, "n_sentences": len(texts), "builtin_sentences": sentences is None,
