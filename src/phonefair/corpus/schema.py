@@ -224,8 +224,7 @@ class Corpus:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         man = d / "manifest.json"
-        if man.exists():
-            man.unlink()
+        man.unlink(missing_ok=True)  # another writer may remove it between a check and the unlink
         from phonefair.io import write_json, write_table
 
         for name in ("phones", "speakers", "recordings", "problems"):

@@ -137,8 +137,7 @@ def prepare_corpus(cfg: RunConfig, out: Path, log: Log, stages: StageFunctions) 
         log(f"corpus: reloading ({changed})")
     else:
         log(f"corpus: loading {cfg.corpus.kind} from {cfg.corpus.root or out / 'synth'}")
-    if cmark.exists():
-        cmark.unlink()
+    cmark.unlink(missing_ok=True)
     corpus = with_audio_fingerprints(stages.load_corpus(cfg, out, progress=log.enabled))
     problems, vsummary, ok, text = stages.validate(corpus, cfg, progress=log.enabled)
     if corpus.phones.empty:
