@@ -195,9 +195,13 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
     data[:, D] = 1.0
     m1 = torch.zeros(S, D, dtype=torch.float64, device=dev)
     m2 = torch.zeros_like(m1)
+    shift = -c32 * inv
     for start in range(0, U, chunk_rows):
         stop = min(U, start + chunk_rows)
-        xc = (x[union[start:stop]].to(torch.float32) - c32).mul_(inv)
+        lo_row, hi_row = int(union[start]), int(union[stop - 1])
+        # a run of consecutive rows (the usual case: populations are unions of speakers): a view, no gather
+        xr = x[lo_row:hi_row + 1] if hi_row - lo_row == stop - start - 1 else x[union[start:stop]]
+        xc = torch.addcmul(shift, xr.to(torch.float32), inv)
         data[start:stop, :D] = xc
         member = torch.zeros(S, stop - start, device=dev)
         for i, (m, (_, wn)) in enumerate(zip(members, kept, strict=True)):
@@ -305,8 +309,12 @@ class _Batch:
         for j, s in enumerate(set_ids):
             m = rs.members[s]
             k = int(m.numel())
-            # random row order: a prefix of the columns is then a random subsample (line search); seeded
-            order = torch.randperm(k, generator=gen).to(dev)
+            # a seeded random eighth of the rows first (the line search's and the class curvature's subsample is a
+            # prefix of the columns), then the rest; each part in source order, so the gather reads memory almost
+            # sequentially (2-3x faster than a fully random order)
+            pick = torch.zeros(k, dtype=torch.bool)
+            pick[torch.randperm(k, generator=gen)[: k // 8]] = True
+            order = torch.cat([torch.nonzero(pick).flatten(), torch.nonzero(~pick).flatten()]).to(dev)
             z = torch.empty(n, W, dtype=self.dtype, device=dev)
             torch.index_select(rs.data, 0, m[order], out=z[:k])
             z[k:] = 0.0
