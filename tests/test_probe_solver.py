@@ -93,9 +93,9 @@ def test_converged_problems_leave_the_batch(monkeypatch):
     widths: list[int] = []
     orig = S._Batch.forward
 
-    def spy(self, d, slot):
+    def spy(self, d, slot, out=None):
         widths.append(int(d.shape[0]))
-        return orig(self, d, slot)
+        return orig(self, d, slot, out=out)
 
     monkeypatch.setattr(S._Batch, "forward", spy)
     cfg = TrainerConfig(tol=1e-6)
