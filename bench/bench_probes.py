@@ -110,7 +110,7 @@ def inner_split(pop: BenchPopulation, speaker_of_row: pd.Series, *, val_fraction
                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Speaker-disjoint fit / validation rows of a population: ``round(val_fraction * n_speakers)`` speakers
     (at least 1, leaving at least 1) go to validation."""
-    n_val = min(len(pop.speakers) - 1, max(1, int(round(val_fraction * len(pop.speakers)))))
+    n_val = min(len(pop.speakers) - 1, max(1, round(val_fraction * len(pop.speakers))))
     rng = np.random.default_rng([int(seed), int(pop.seed), 7919])
     val_spk = set(rng.permutation(np.array(pop.speakers))[:n_val].tolist())
     is_val = speaker_of_row.loc[pop.rows].isin(val_spk).to_numpy()
