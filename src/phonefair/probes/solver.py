@@ -373,7 +373,15 @@ class _Batch:
         if out is None:
             out = torch.empty(q, C, self.n, dtype=self.dtype, device=d.device)
         for s, q0, q1 in self.runs(slot):
-            torch.mm(d[q0:q1].reshape(-1, D1), self.z[s].T, out=out[q0:q1].view(-1, self.n))
+            dest = out[q0:q1].view(-1, self.n)
+            if d.is_cuda:
+                torch.mm(d[q0:q1].reshape(-1, D1), self.z[s].T, out=dest)
+                continue
+            # CPU: the product is ~30 % faster with the rows' axis first ([n, k]); a cache-sized transposed copy per
+            # column chunk brings it back to class-major for the element-wise work
+            tmp = torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T)
+            for c0 in range(0, self.n, _CHUNK):
+                dest[:, c0:c0 + _CHUNK].copy_(tmp[c0:c0 + _CHUNK].T)
         return out
 
     def gradient(self, R: torch.Tensor, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
