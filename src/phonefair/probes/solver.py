@@ -548,7 +548,7 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
     Newton starts at ``alpha0`` (the quasi-Newton step). Returns ``(alpha, phi(alpha), stalled)``; a stalled
     problem (no step decreases ``f`` beyond rounding) stays put.
     """
-    q, C, n = U.shape
+    q, _, n = U.shape
     dev = U.device
     lam = st.lam
     r_scale = 1.0 / bt.wmax[st.slot]
