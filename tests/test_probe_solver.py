@@ -1,5 +1,6 @@
 """The exact linear-probe solver (phonefair.probes.solver) and L2 selection (fit_select): optimum, independence,
-early exit of converged problems, planted best lambda, determinism, threads, precision rule."""
+early exit of converged problems, row buffers reused across batches, planted best lambda, determinism, threads,
+precision rule."""
 
 from __future__ import annotations
 
@@ -126,6 +127,31 @@ def test_determinism_with_a_seed():
     b = _fit(x, y, rows, [1e-3, 1e-2], TrainerConfig(), seed=5)
     assert torch.equal(a.params["W"], b.params["W"]) and torch.equal(a.params["b"], b.params["b"])
 
+
+def test_batches_reusing_row_buffers_match_one_batch(monkeypatch):
+    """Row sets solved in separate batches (a tiny ``batch_bytes``) take the buffers of finished sets, which hold
+    another set's rows and are longer than needed; the solutions must equal those of one batch (fresh buffers)."""
+    x, y = _blobs(6, 2400, dim=16)
+    rows = [np.arange(0, 900), np.arange(900, 1900), np.arange(1300, 2400)]  # three sizes: reuse across sizes
+    fresh: list[int] = []
+    orig = torch.empty
+
+    def count_empty(*a, **k):
+        out = orig(*a, **k)
+        if out.dim() == 1 and out.numel() % S._width(16) == 0 and out.numel() >= 600 * S._width(16):
+            fresh.append(int(out.numel()))
+        return out
+
+    monkeypatch.setattr(S.torch, "empty", count_empty)
+    split = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=1))
+    n_split = len(fresh)
+    fresh.clear()
+    one = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=2**30))
+    assert n_split == 1 and len(fresh) == 3  # split: one buffer serves all three batches; one batch: three
+    assert bool(split.extra["converged"].all()) and bool(one.extra["converged"].all())
+    assert torch.allclose(split.params["W"], one.params["W"], atol=1e-5)
+    centred = [p.params["b"] - p.params["b"].mean(-1, keepdim=True) for p in (split, one)]  # b + const: same model
+    assert torch.allclose(centred[0], centred[1], atol=1e-5)
 
 def test_class_mask_weights_and_absent_classes():
     """Weighted rows give the weighted objective (duplicating a row = weight 2); absent classes are never predicted."""

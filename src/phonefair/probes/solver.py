@@ -330,9 +330,15 @@ class _Batch:
             pick[torch.randperm(k, generator=gen)[: self.n_sub]] = True
             order = torch.cat([torch.nonzero(pick).flatten(), torch.nonzero(~pick).flatten()]).to(dev)
             # buffers of finished sets are reused (a fresh block is new memory from the OS, and its page faults
-            # cost more than the gather itself); fresh ones are sized for the largest set of the solve (pages never
-            # written are never faulted in), so any of them serves a later, larger batch
-            buf = pool.pop() if pool else torch.empty(capacity * W, dtype=self.dtype, device=dev)
+            # cost more than the gather itself). On CPUs fresh ones are sized for the largest set of the solve
+            # (pages never written are never faulted in), so any of them serves a later, larger batch; on GPUs the
+            # allocator would hold the whole size, so they get the batch's size and too small ones are dropped
+            buf = None
+            while pool and buf is None:
+                cand = pool.pop()
+                buf = cand if cand.numel() >= n * W else None
+            if buf is None:
+                buf = torch.empty((capacity if dev.type == "cpu" else n) * W, dtype=self.dtype, device=dev)
             z = buf[: n * W].view(n, W)
             torch.index_select(rs.data, 0, m[order], out=z[:k])
             z[k:] = 0.0
