@@ -4,8 +4,6 @@ top for that group reads "amplified" (issue: acoustic baselines, done-when)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from phonefair.audit.design import Design
 from phonefair.layers import layer_order, parse_layers
 from phonefair.probes.populations import Population, crossfit_populations, inner_split
 from phonefair.probes.results import ProbeResults, build_tables
+from phonefair.probes.solver import torch_threads as solver_threads
 from phonefair.probes.trainer import BatchedProbes, TrainerConfig, evaluate_gathered, fit_batched, fit_select
 from phonefair.settings import ProbeSettings
 from phonefair.store.base import EmbeddingSource
@@ -42,22 +44,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-class torch_threads:
-    """Set torch's intra-op threads for a block and restore them after. ``n = 0`` picks a sane default: every core
-    when the machine is idle, one when other processes already keep the cores busy (small probe tensors run several
-    times slower on contended threads)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n if n > 0 else _auto_threads()
-        self.before = 0
-
-    def __enter__(self) -> int:
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self.n
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
+def torch_threads(n: int) -> AbstractContextManager[int]:
+    """Set torch's intra-op threads for a block and restore them after (yields the count). ``n = 0`` picks a sane
+    default: every core when the machine is idle, one when other processes already keep the cores busy (small probe
+    tensors run several times slower on contended threads)."""
+    return solver_threads(n if n > 0 else _auto_threads())
 
 
 def _auto_threads() -> int:

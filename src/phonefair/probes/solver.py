@@ -127,13 +127,13 @@ def thread_count(setting: int | str) -> int:
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)``; the previous setting is restored afterwards."""
+def torch_threads(n: int) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(n)`` (yields ``n``); the previous setting is restored afterwards."""
     before = torch.get_num_threads()
     if n != before:
         torch.set_num_threads(n)
     try:
-        yield
+        yield n
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
