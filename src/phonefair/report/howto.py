@@ -150,7 +150,8 @@ The <i>headline layer</i> of an encoder is its most accurate layer (chosen witho
 there stay exact).</dd>
 <dt>Error control</dt><dd><b>Verdicts</b> control the family-wise error rate at α = {alpha}: "served worse" by a
 step-down max-T permutation test over every pair of groups × every layer; the mechanism by permutation tests
-combined over layers and spaces (min-p), Holm-adjusted across groups. Under "no difference" the chance of any false
+combined over layers and spaces (min-p), Holm-adjusted over every mechanism claim (each group's systematic and
+random). Under "no difference" the chance of any false
 "served worse" in the whole report is α. <b>Descriptive tables</b> (phones, per-layer shift and spread tests,
 in-group benefit) control the false discovery rate at {fdr_alpha} (Benjamini–Hochberg, q-values): among the rows
 marked significant, about {100 * fdr_alpha:.0f} % may be false. Intervals are per row, not adjusted.</dd>

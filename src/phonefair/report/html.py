@@ -564,7 +564,8 @@ def _why(c: _Ctx) -> str:
         parts.append("<h3>Mechanism tests (family-wise)</h3><p class='small muted'>Systematic: are the group's phone "
                      "means shifted against the groups it is served worse than? Random: are its speakers' phone "
                      "embeddings more scattered? Each: permutation p-value combined over its layers and the raw and "
-                     "discriminant (LDA) spaces by the min-p rule, Holm-adjusted across groups; ✓ = significant at "
+                     "discriminant (LDA) spaces by the min-p rule, Holm-adjusted over every mechanism claim of an "
+                     "encoder (each group's systematic and random); ✓ = significant at "
                      f"α = {c.alpha}. Evidence: the layer and space that carried it.</p><div class='scroll'>"
                      + html_table(["encoder", "group", "compared with", "peak layer", "p systematic (adj.)",
                                    "systematic evidence", "p random (adj.)", "random evidence"], rows,
