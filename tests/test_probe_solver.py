@@ -99,7 +99,7 @@ def test_converged_problems_leave_the_batch(monkeypatch):
         return orig(self, d, slot, out=out)
 
     monkeypatch.setattr(S._Batch, "forward", spy)
-    cfg = TrainerConfig(tol=1e-6)
+    cfg = TrainerConfig(tol=1e-6, pilot=False)  # the batch mechanics, without the pilot's extra solve
     both = _fit(x, y, rows, [10.0, 1e-4], cfg)  # per probe: an easy and a hard strength
     it = both.extra["n_iter"]
     assert bool(both.extra["converged"].all())
@@ -143,10 +143,10 @@ def test_batches_reusing_row_buffers_match_one_batch(monkeypatch):
         return out
 
     monkeypatch.setattr(S.torch, "empty", count_empty)
-    split = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=1))
+    split = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=1, pilot=False))
     n_split = len(fresh)
     fresh.clear()
-    one = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=2**30))
+    one = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=2**30, pilot=False))
     assert n_split == 1 and len(fresh) == 3  # split: one buffer serves all three batches; one batch: three
     assert bool(split.extra["converged"].all()) and bool(one.extra["converged"].all())
     assert torch.allclose(split.params["W"], one.params["W"], atol=1e-5)
@@ -296,3 +296,29 @@ def test_subsampled_line_search_needs_few_full_evaluations(monkeypatch):
     ref = _fit(x, y, rows, [1e-3], TrainerConfig(precision="fp32", tol=1e-7), classes=6)
     test = torch.from_numpy(x[20000:])
     assert (fit.predict(test) == ref.predict(test)).float().mean() >= 0.999
+
+
+def test_pilot_start_keeps_every_optimum_and_shortens_the_paths():
+    """Probes of nearby populations (a pooled set, per-group sets, leave-one-out sets) started from one solved pilot
+    problem: the same optima as from zero (each problem keeps its own stop rule) in fewer iterations. One set lacks
+    a class that the pilot has, another has a class the pilot lacks: the mapped start must still converge to the
+    probe's own optimum (classes a probe never saw stay at probability 0)."""
+    x, y = _blobs(7, 3000, dim=16)
+    y[y == 7] = 6
+    y[2700:2800] = 7  # class 7 only in the last rows: the pilot (the largest set, rows 0-2599) never sees it
+    head = y[:900]
+    head[head == 5] = 4  # the first set lacks class 5, which the pilot has
+    pools = [np.arange(0, 2600), np.arange(0, 900), np.arange(900, 1800), np.arange(1800, 2600),
+             np.arange(900, 2600), np.arange(1500, 3000)]
+    lams = [1e-3, 1e-2]
+    cfg = TrainerConfig(tol=1e-6, precision="fp32")
+    with_pilot = _fit(x, y, pools, lams, cfg)
+    cold = _fit(x, y, pools, lams, TrainerConfig(tol=1e-6, precision="fp32", pilot=False))
+    assert with_pilot.extra["pilot_problem"] is not None and cold.extra["pilot_problem"] is None
+    assert bool(with_pilot.extra["converged"].all()) and bool(cold.extra["converged"].all())
+    assert torch.allclose(with_pilot.params["W"], cold.params["W"], atol=2e-4)
+    pw, pc = (p.predict(torch.from_numpy(x)) for p in (with_pilot, cold))
+    assert (pw == pc).float().mean() > 0.999
+    assert int(with_pilot.extra["n_iter"].sum()) < int(cold.extra["n_iter"].sum())
+    assert not bool(with_pilot.class_mask[0, 7]) and bool(with_pilot.class_mask[5, 7])
+    assert not bool(with_pilot.class_mask[1, 5]) and bool(with_pilot.class_mask[0, 5])
