@@ -422,15 +422,18 @@ def _solve_from_pilot(rs: RowSets, pr: _Problems, pilot: int, basis: FeatureBasi
     populations, λ values) have nearby optima, ~8 → ~6 iterations on the benchmark (docs/probes.md)."""
     Q = int(pr.lam.numel())
     one = slice(pilot, pilot + 1)
-    kw = dict(tol=config.tol, max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes,
-              gen=gen)
-    first = solve_linear(rs, pr.set_of[one], pr.lam[one], pr.present[one], basis, **kw)  # type: ignore[arg-type]
+
+    def solve(q: slice | torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearSolution:
+        return solve_linear(rs, pr.set_of[q], pr.lam[q], pr.present[q], basis, tol=config.tol,
+                            max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes,
+                            gen=gen, init=init)
+
+    first = solve(one)
     rest = torch.tensor([q for q in range(Q) if q != pilot], dtype=torch.long, device=pr.set_of.device)
     n = int(rest.numel())
     W0, b0 = _mapped_start(rs, first.W.expand(n, -1, -1), first.b.expand(n, -1), pr.set_of[one].expand(n),
                            pr.set_of[rest], pr.present[one].expand(n, -1))
-    sol = solve_linear(rs, pr.set_of[rest], pr.lam[rest], pr.present[rest], basis, init=(W0, b0),
-                       **kw)  # type: ignore[arg-type]
+    sol = solve(rest, (W0, b0))
     out = LinearSolution(**{k: torch.empty((Q, *v.shape[1:]), dtype=v.dtype, device=v.device)
                             for k, v in vars(sol).items()})
     for k in vars(sol):
