@@ -204,19 +204,23 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
     m1 = torch.zeros(S, D, dtype=torch.float64, device=dev)
     m2 = torch.zeros_like(m1)
     shift = -c32 * inv
+    # two chunk-sized float32 buffers reused by every chunk: a fresh block per chunk is new memory from the OS each
+    # time, and its page faults cost about as much as the arithmetic
+    xc_buf = torch.empty(min(U, chunk_rows), D, device=dev)
+    sq_buf = torch.empty_like(xc_buf)
     for start in range(0, U, chunk_rows):
         stop = min(U, start + chunk_rows)
         lo_row, hi_row = int(union[start]), int(union[stop - 1])
         # a run of consecutive rows (the usual case: populations are unions of speakers): a view, no gather
         xr = x[lo_row:hi_row + 1] if hi_row - lo_row == stop - start - 1 else x[union[start:stop]]
-        xc = torch.addcmul(shift, xr.to(torch.float32), inv)
+        xc = torch.addcmul(shift, xr.to(torch.float32), inv, out=xc_buf[:stop - start])
         data[start:stop, :D] = xc
         member = torch.zeros(S, stop - start, device=dev)
         for i, (m, (_, wn)) in enumerate(zip(members, kept, strict=True)):
             lo, hi = torch.searchsorted(m, torch.tensor([start, stop], device=dev)).tolist()
             member[i].index_put_((m[lo:hi] - start,), wn[lo:hi], accumulate=True)  # repeated rows add up
         m1 += (member @ xc).double()
-        m2 += (member @ (xc * xc)).double()
+        m2 += (member @ torch.mul(xc, xc, out=sq_buf[:stop - start])).double()
     var = (m2 - m1 * m1).clamp_min(0.0)
     sd_s = torch.where(var.sqrt() > 1e-6, var.sqrt(), torch.ones_like(var))  # constant feature: leave it unscaled
     return RowSets(data=data, dim=D, centre=c32, spread=spread.to(torch.float32), members=members,
