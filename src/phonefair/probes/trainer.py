@@ -369,17 +369,22 @@ def _fit_exact(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: tor
     basis = feature_basis(rs, gen)
     pr = _problems(set_of, l2, class_mask)
     pilot = _pilot_problem(rs, pr) if config.pilot else None
-    if pilot is None:
-        sol = solve_linear(rs, pr.set_of, pr.lam, pr.present, basis, tol=config.tol, max_iter=config.max_iter,
-                           history=config.history, batch_bytes=config.batch_bytes, gen=gen)
-    else:
-        sol = _solve_from_pilot(rs, pr, pilot, basis, config, gen)
+    sol = _solve(rs, pr, basis, config, gen) if pilot is None else _solve_from_pilot(rs, pr, pilot, basis, config, gen)
     extra: dict[str, object] = {
         "pilot_problem": pilot,
         "converged": sol.converged[pr.index], "grad_max": sol.grad_max[pr.index], "n_iter": sol.n_iter[pr.index],
         "objective": sol.objective[pr.index], "precision": str(dt).replace("torch.", ""),
         "threads": torch.get_num_threads(), "distinct_row_sets": len(rs), "distinct_problems": int(pr.lam.numel())}
     return _to_probes(rs, set_of, pr, sol.W, sol.b, class_mask, extra, int(sol.n_iter.max()))
+
+
+def _solve(rs: RowSets, pr: _Problems, basis: FeatureBasis, config: TrainerConfig, gen: torch.Generator,
+           q: slice | torch.Tensor = slice(None), *, tol: float | None = None,
+           init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearSolution:
+    """:func:`solve_linear` on problems ``q`` of ``pr`` with the config's solver settings (``tol`` overrides)."""
+    return solve_linear(rs, pr.set_of[q], pr.lam[q], pr.present[q], basis, tol=config.tol if tol is None else tol,
+                        max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes, gen=gen,
+                        init=init)
 
 
 def _pilot_problem(rs: RowSets, pr: _Problems) -> int | None:
@@ -422,18 +427,12 @@ def _solve_from_pilot(rs: RowSets, pr: _Problems, pilot: int, basis: FeatureBasi
     populations, λ values) have nearby optima, ~8 → ~6 iterations on the benchmark (docs/probes.md)."""
     Q = int(pr.lam.numel())
     one = slice(pilot, pilot + 1)
-
-    def solve(q: slice | torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearSolution:
-        return solve_linear(rs, pr.set_of[q], pr.lam[q], pr.present[q], basis, tol=config.tol,
-                            max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes,
-                            gen=gen, init=init)
-
-    first = solve(one)
+    first = _solve(rs, pr, basis, config, gen, one)
     rest = torch.tensor([q for q in range(Q) if q != pilot], dtype=torch.long, device=pr.set_of.device)
     n = int(rest.numel())
     W0, b0 = _mapped_start(rs, first.W.expand(n, -1, -1), first.b.expand(n, -1), pr.set_of[one].expand(n),
                            pr.set_of[rest], pr.present[one].expand(n, -1))
-    sol = solve(rest, (W0, b0))
+    sol = _solve(rs, pr, basis, config, gen, rest, init=(W0, b0))
     out = LinearSolution(**{k: torch.empty((Q, *v.shape[1:]), dtype=v.dtype, device=v.device)
                             for k, v in vars(sol).items()})
     for k in vars(sol):
@@ -498,9 +497,7 @@ def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: 
         basis = feature_basis(rs, gen)
         grid_t = torch.tensor(lams, dtype=torch.float32, device=dev)
         pr = _problems(fit_of, grid_t.expand(P, -1), fit_mask)
-        sel = solve_linear(rs, pr.set_of, pr.lam, pr.present, basis, tol=config.select_tol,
-                           max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes,
-                           gen=gen)
+        sel = _solve(rs, pr, basis, config, gen, tol=config.select_tol)
         acc = _score(rs, pr, sel.W, sel.b, fit_of, val_of, fit_mask)  # [P, G]
         top = acc >= acc.max(1, keepdim=True).values - 1e-12
         best = len(lams) - 1 - torch.argmax(top.flip(1).to(torch.int8), dim=1)  # ties -> the larger lambda
@@ -515,8 +512,7 @@ def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: 
         init_W = torch.zeros(int(pr2.lam.numel()), *W0.shape[1:], device=dev)
         init_b = torch.zeros(int(pr2.lam.numel()), W0.shape[1], device=dev)
         init_W[first], init_b[first] = W0, b0
-        ref = solve_linear(rs, pr2.set_of, pr2.lam, pr2.present, basis, tol=config.tol, max_iter=config.max_iter,
-                           history=config.history, batch_bytes=config.batch_bytes, gen=gen, init=(init_W, init_b))
+        ref = _solve(rs, pr2, basis, config, gen, init=(init_W, init_b))
         extra: dict[str, object] = {
             "converged": ref.converged[pr2.index], "grad_max": ref.grad_max[pr2.index],
             "n_iter": ref.n_iter[pr2.index], "objective": ref.objective[pr2.index],
