@@ -134,15 +134,14 @@ def test_batches_reusing_row_buffers_match_one_batch(monkeypatch):
     x, y = _blobs(6, 2400, dim=16)
     rows = [np.arange(0, 900), np.arange(900, 1900), np.arange(1300, 2400)]  # three sizes: reuse across sizes
     fresh: list[int] = []
-    orig = torch.empty
+    orig = S.Workspace.row_buffer
 
-    def count_empty(*a, **k):
-        out = orig(*a, **k)
-        if out.dim() == 1 and out.numel() % S._width(16) == 0 and out.numel() >= 600 * S._width(16):
-            fresh.append(int(out.numel()))
-        return out
+    def count_fresh(self, numel, capacity, dtype, device):
+        if not any(b.numel() >= numel for b in self.free_rows):
+            fresh.append(numel)
+        return orig(self, numel, capacity, dtype, device)
 
-    monkeypatch.setattr(S.torch, "empty", count_empty)
+    monkeypatch.setattr(S.Workspace, "row_buffer", count_fresh)
     split = _fit(x, y, rows, [1e-3, 1e-1], TrainerConfig(tol=1e-6, batch_bytes=1, pilot=False))
     n_split = len(fresh)
     fresh.clear()
@@ -152,6 +151,43 @@ def test_batches_reusing_row_buffers_match_one_batch(monkeypatch):
     assert torch.allclose(split.params["W"], one.params["W"], atol=1e-5)
     centred = [p.params["b"] - p.params["b"].mean(-1, keepdim=True) for p in (split, one)]  # b + const: same model
     assert torch.allclose(centred[0], centred[1], atol=1e-5)
+
+def test_a_workspace_shared_by_consecutive_fits_reuses_its_buffers_and_changes_no_result(monkeypatch):
+    """The pipeline passes one Workspace to the fits of every layer: the second fit (other rows, other sizes, other
+    class sets) must allocate nothing new when the first was larger, and return what a fresh workspace returns."""
+    x, y = _blobs(3, 3000, dim=16)
+    big = [np.arange(0, 1500), np.arange(1000, 2600), np.arange(200, 1700)]
+    small = [np.arange(2000, 3000), np.flatnonzero(y[:1200] != 2)]  # one probe lacks a class
+    fresh: list[int] = []
+    orig = S.Workspace._fresh
+
+    def count(numel, dtype, device):
+        fresh.append(numel)
+        return orig(numel, dtype, device)
+
+    monkeypatch.setattr(S.Workspace, "_fresh", staticmethod(count))
+    ws = S.Workspace()
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+
+    def fit(rows, workspace):
+        n = max(len(r) for r in rows)
+        R, w = np.zeros((len(rows), n), dtype=np.int64), np.zeros((len(rows), n), dtype=np.float32)
+        mask = torch.zeros(len(rows), 8, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            R[i, :len(r)], w[i, :len(r)] = r, 1.0
+            mask[i, np.unique(y[r])] = True
+        return fit_batched(x_t, y_t, torch.from_numpy(R), torch.from_numpy(w), mask, torch.full((len(rows), 2), 1e-3),
+                           TrainerConfig(tol=1e-6, precision="bf16"), seed=1, workspace=workspace)
+
+    fit(big, ws)
+    assert fresh, "the first fit allocates its buffers"
+    fresh.clear()
+    shared = fit(small, ws)
+    assert fresh == []  # everything came from the first fit's buffers
+    alone = fit(small, None)
+    assert torch.equal(shared.params["W"], alone.params["W"]) and torch.equal(shared.params["b"], alone.params["b"])
+    assert torch.equal(shared.extra["n_iter"], alone.extra["n_iter"])
+
 
 def test_class_mask_weights_and_absent_classes():
     """Weighted rows give the weighted objective (duplicating a row = weight 2); absent classes are never predicted."""

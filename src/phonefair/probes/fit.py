@@ -26,6 +26,7 @@ from phonefair.audit.design import Design
 from phonefair.layers import layer_order, parse_layers
 from phonefair.probes.populations import Population, crossfit_populations, inner_split
 from phonefair.probes.results import ProbeResults, build_tables
+from phonefair.probes.solver import Workspace
 from phonefair.probes.solver import torch_threads as solver_threads
 from phonefair.probes.trainer import BatchedProbes, TrainerConfig, evaluate_gathered, fit_batched, fit_select
 from phonefair.settings import ProbeSettings
@@ -107,6 +108,7 @@ def fit_probes(source: EmbeddingSource, design: Design, settings: ProbeSettings 
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(layers, desc="probes (layers)", unit="layer", leave=False)
+    ws = Workspace()  # the exact solver's buffers: faulted in by the first layer, reused by the others
     with torch_threads(s.threads) as n_threads:
         for layer in it:
             tl = time.perf_counter()
@@ -118,7 +120,7 @@ def fit_probes(source: EmbeddingSource, design: Design, settings: ProbeSettings 
             x = torch.from_numpy(x_np).to(dev)
             y = torch.from_numpy(np.where(finite, y_res, -1)).to(dev)
             probes, chosen, val_acc = _fit_layer(x, y, pops, resident, splits, s.l2_grid, cfg, finite,
-                                                 rng.derive_seed(seed, "probe-fit", layer))
+                                                 rng.derive_seed(seed, "probe-fit", layer), ws)
             lc = _evaluate(probes, x, y_res, finite, spk_res, pops, design, C, S, cfg)
             lc.n_nonfinite = int((~finite).sum())
             counts[layer] = lc
@@ -182,7 +184,8 @@ def _class_mask(row_lists: Sequence[np.ndarray], y: torch.Tensor, C: int) -> tor
 
 def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], resident: np.ndarray,
                splits: dict[int, tuple[np.ndarray, np.ndarray] | None], grid: Sequence[float], cfg: TrainerConfig,
-               finite: np.ndarray, seed: int) -> tuple[BatchedProbes, np.ndarray, np.ndarray]:
+               finite: np.ndarray, seed: int, ws: Workspace | None = None
+               ) -> tuple[BatchedProbes, np.ndarray, np.ndarray]:
     """λ per probe on its inner validation speakers, then every probe refitted on all its rows (one batched call
     per phase). Returns the probes, the chosen λ and the validation accuracy (NaN without a split)."""
     dev = x.device
@@ -203,7 +206,7 @@ def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], residen
             full_l = [rows_l[i] for i in with_split]
             ar, aw = _pad(full_l, finite, dev)
             sel = fit_select(x, y, fr, fw, vr, vw, ar, aw, _class_mask(fit_l, y, C), _class_mask(full_l, y, C),
-                             grid, cfg, seed=seed)
+                             grid, cfg, seed=seed, workspace=ws)
             selected = sel.probes
             # the grid value itself (the solver reports λ in its compute dtype)
             l2v = sel.l2.double().cpu().numpy()
@@ -211,7 +214,7 @@ def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], residen
             val_acc[with_split] = sel.val_accuracy.cpu().numpy()
         else:
             l2 = torch.tensor(grid, device=dev, dtype=x.dtype).expand(len(with_split), -1).contiguous()
-            fitted = fit_batched(x, y, fr, fw, _class_mask(fit_l, y, C), l2, cfg, seed=seed)
+            fitted = fit_batched(x, y, fr, fw, _class_mask(fit_l, y, C), l2, cfg, seed=seed, workspace=ws)
             va = evaluate_gathered(fitted, x, y, vr, vw, cfg.chunk_rows)[0].cpu().numpy()
             # the most accurate λ; ties go to the larger λ (the simpler probe)
             best = len(grid) - 1 - np.argmax(va[:, ::-1] >= va.max(1, keepdims=True) - 1e-12, axis=1)
@@ -229,7 +232,7 @@ def _fit_layer(x: torch.Tensor, y: torch.Tensor, pops: list[Population], residen
         fr, fw = _pad(rl, finite, dev)
         parts.append((rest, fit_batched(x, y, fr, fw, _class_mask(rl, y, C),
                                         torch.tensor(chosen[rest], device=dev, dtype=x.dtype)[:, None], cfg,
-                                        seed=seed + 1)))
+                                        seed=seed + 1, workspace=ws)))
     probes = parts[0][1] if len(parts) == 1 else _concat(parts, P)
     return probes, chosen, val_acc
 

@@ -37,6 +37,7 @@ from phonefair.errors import ConfigError, DataError
 from phonefair.io import ResultTables, load_tables, save_tables
 from phonefair.layers import layer_order
 from phonefair.probes import attribution as A
+from phonefair.probes.solver import Workspace
 from phonefair.probes.trainer import TrainerConfig, fit_batched
 from phonefair.rng import derive, derive_seed
 from phonefair.stats import benjamini_hochberg, cluster_bootstrap_weights, percentile_ci, permutation_pvalue
@@ -287,6 +288,9 @@ def _device(name: str) -> torch.device:
     return dev
 
 
+_LABEL_CHUNK_BYTES = 2**30  # gathered rows of the labellings fitted in one call
+
+
 def _trainer(settings: IdentitySettings) -> TrainerConfig:
     return TrainerConfig(probe="linear", max_iter=settings.max_iter)
 
@@ -378,7 +382,8 @@ def _cross_fit(z: np.ndarray, cell_speaker: np.ndarray, cell_part: np.ndarray, n
     part_cells = [np.flatnonzero(cell_part == q) for q in range(n_parts)]
     n_max = max(1, max(len(c) for c in part_cells))
     per_label = K * n_parts * n_max * D * 4
-    chunk = int(max(1, min(B1, cfg.batch_bytes // max(1, per_label))))
+    chunk = int(max(1, min(B1, _LABEL_CHUNK_BYTES // max(1, per_label))))
+    ws = Workspace()  # the solver's buffers, reused by every chunk
     correct = np.zeros((n, B1))
     for c0 in range(0, B1, chunk):
         bs = range(c0, min(B1, c0 + chunk))
@@ -396,7 +401,7 @@ def _cross_fit(z: np.ndarray, cell_speaker: np.ndarray, cell_part: np.ndarray, n
             mask[i, y] = True
         l2 = torch.full((len(row_lists), 1), float(settings.l2), device=device)
         probes = fit_batched(x_res, y_res, rows, w, torch.from_numpy(mask).to(device), l2, cfg,
-                             seed=derive_seed(seed, "chunk", c0))
+                             seed=derive_seed(seed, "chunk", c0), workspace=ws)
         pred_all = probes.predict(zt)[:, :, 0].cpu().numpy()  # [n, P]: every probe on every cell
         for j, b in enumerate(bs):
             fold = design.folds[b][cell_speaker]

@@ -139,6 +139,56 @@ def torch_threads(n: int) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
+class Workspace:
+    """Memory reused by every batch of one fit: the gathered row buffers and the logit-sized buffers.
+
+    Why: a fresh block of this size is new memory from the OS each time, and its page faults cost about as much as
+    the work written into it (on the part-1 benchmark ~1.7 GB of faults, 0.6 s of system time per fit, before the
+    buffers were shared by the pilot's solve and every batch). Views handed out by :meth:`take` alias earlier
+    ones of the same name: a caller takes a name again only when the previous view is dead. One workspace may serve
+    consecutive fits (the layers of a run: what one layer faulted in, the next reuses), never two at once.
+    """
+
+    def __init__(self) -> None:
+        self.free_rows: list[torch.Tensor] = []  # row buffers of finished sets
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def row_buffer(self, numel: int, capacity: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat buffer of at least ``numel`` elements for one set's gathered rows: a finished set's, else fresh.
+
+        On CPUs fresh ones get ``capacity`` elements (the largest set's; pages never written are never faulted
+        in), so any of them serves a later, larger set; on GPUs the allocator would hold the whole size, so they
+        get ``numel`` and too small ones are dropped.
+        """
+        while self.free_rows:
+            cand = self.free_rows.pop()
+            if cand.numel() >= numel and cand.dtype == dtype and cand.device == device:
+                return cand
+        return self._fresh(capacity if device.type == "cpu" else numel, dtype, device)
+
+    @staticmethod
+    def _fresh(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(numel, dtype=dtype, device=device)
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised ``shape`` view of buffer ``name`` (grown when too small)."""
+        numel = math.prod(shape)
+        buf = self._flat.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            self._flat.pop(name, None)  # release the old block before asking for the bigger one
+            buf = self._fresh(numel, dtype, device)
+            self._flat[name] = buf
+        return buf[:numel].view(shape)
+
+
+def _compact(t: torch.Tensor, kept: list[int]) -> torch.Tensor:
+    """``t[kept]`` (``kept`` ascending) moved to the front of ``t`` in place: no fresh logit-sized block."""
+    for new, old in enumerate(kept):
+        if new != old:
+            t[new].copy_(t[old])
+    return t[: len(kept)]
+
+
 # ----------------------------------------------------------------------------------------------------- inputs
 def _width(dim: int) -> int:
     """Columns of the gathered rows: the features, the constant 1, zeros up to a multiple of 8."""
@@ -175,13 +225,14 @@ class RowSets:
 
 
 def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
-             dtype: torch.dtype, chunk_rows: int = 8192) -> RowSets:
+             dtype: torch.dtype, chunk_rows: int = 2048, workspace: Workspace | None = None) -> RowSets:
     """Gather the rows of ``sets`` (each ``(rows, weight)``; zero-weight rows dropped) once, standardised globally.
 
     The global centre and spread only need to put every feature on a similar scale before rounding (any rough
     estimate does; they come from at most ``chunk_rows`` rows). Each set's own weighted mean and SD, which define
     its probes' objective, are exact: accumulated from the float32 rows (membership products per chunk of rows,
-    combined in float64) in the same single pass that writes the compute-precision copy.
+    combined in float64) in the same single pass that writes the compute-precision copy (into ``workspace``'s
+    ``"data"`` buffer when given).
     """
     dev = x.device
     kept = []
@@ -199,13 +250,17 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
     spread = torch.where(sd > 1e-6 * (1.0 + centre.abs()), sd, torch.ones_like(sd))
     c32, inv = centre.to(torch.float32), (1.0 / spread).to(torch.float32)
     members = [torch.searchsorted(union, r) for r, _ in kept]
-    data = torch.zeros(U, _width(D), dtype=dtype, device=dev)  # rows padded to 16-byte multiples: faster gathers
+    shape = (U, _width(D))  # rows padded to 16-byte multiples: faster gathers
+    data = torch.empty(shape, dtype=dtype, device=dev) if workspace is None else \
+        workspace.take("data", shape, dtype, dev)
     data[:, D] = 1.0
+    data[:, D + 1:] = 0.0
     m1 = torch.zeros(S, D, dtype=torch.float64, device=dev)
     m2 = torch.zeros_like(m1)
     shift = -c32 * inv
     # two chunk-sized float32 buffers reused by every chunk: a fresh block per chunk is new memory from the OS each
-    # time, and its page faults cost about as much as the arithmetic
+    # time, and its page faults cost about as much as the arithmetic. Chunks of 2,048 rows: 0.46 s per call on the
+    # part-1 benchmark against 0.63 s with 8,192 (the squares and the membership products stay nearer the core)
     xc_buf = torch.empty(min(U, chunk_rows), D, device=dev)
     sq_buf = torch.empty_like(xc_buf)
     for start in range(0, U, chunk_rows):
@@ -297,9 +352,12 @@ class _State:
     n_iter: torch.Tensor  # [q]
 
     def keep(self, sel: torch.Tensor) -> None:
+        kept = torch.nonzero(sel).flatten().tolist()
         for name in self.__dataclass_fields__:
             v = getattr(self, name)
-            if isinstance(v, torch.Tensor):
+            if name == "L":  # the logits live in a workspace buffer: compacted in place
+                self.L = _compact(v, kept)
+            elif isinstance(v, torch.Tensor):
                 setattr(self, name, v[sel])
 
 
@@ -308,10 +366,9 @@ class _Batch:
     ``n``, and a constant column so the bias rides in the same products) and what folds each set's
     standardisation."""
 
-    def __init__(self, rs: RowSets, set_ids: list[int], gen: torch.Generator, pool: list[torch.Tensor],
-                 capacity: int) -> None:
+    def __init__(self, rs: RowSets, set_ids: list[int], gen: torch.Generator, ws: Workspace, capacity: int) -> None:
         self.rs = rs
-        self.pool = pool
+        self.ws = ws
         dev = rs.data.device
         self.set_ids = torch.tensor(set_ids, dtype=torch.long, device=dev)
         sizes = [int(rs.members[s].numel()) for s in set_ids]
@@ -333,16 +390,7 @@ class _Batch:
             pick = torch.zeros(k, dtype=torch.bool)
             pick[torch.randperm(k, generator=gen)[: self.n_sub]] = True
             order = torch.cat([torch.nonzero(pick).flatten(), torch.nonzero(~pick).flatten()]).to(dev)
-            # buffers of finished sets are reused (a fresh block is new memory from the OS, and its page faults
-            # cost more than the gather itself). On CPUs fresh ones are sized for the largest set of the solve
-            # (pages never written are never faulted in), so any of them serves a later, larger batch; on GPUs the
-            # allocator would hold the whole size, so they get the batch's size and too small ones are dropped
-            buf = None
-            while pool and buf is None:
-                cand = pool.pop()
-                buf = cand if cand.numel() >= n * W else None
-            if buf is None:
-                buf = torch.empty((capacity if dev.type == "cpu" else n) * W, dtype=self.dtype, device=dev)
+            buf = ws.row_buffer(n * W, capacity * W, self.dtype, dev)
             z = buf[: n * W].view(n, W)
             torch.index_select(rs.data, 0, m[order], out=z[:k])
             z[k:] = 0.0
@@ -359,7 +407,7 @@ class _Batch:
         if buf is not None:
             self.z[j] = self.z[j][:0]
             self.buffers[j] = None
-            self.pool.append(buf)
+            self.ws.free_rows.append(buf)
 
     def runs(self, slot: torch.Tensor) -> list[tuple[int, int, int]]:
         """``(set, q0, q1)``: the contiguous problem range of each row set that still has problems."""
@@ -406,7 +454,8 @@ class _Batch:
                 continue
             # CPU: the product is ~30 % faster with the rows' axis first ([n, k]); a cache-sized transposed copy per
             # column chunk brings it back to class-major for the element-wise work
-            tmp = torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T)
+            tmp = self.ws.take("forward", (self.n, (q1 - q0) * C), self.dtype, d.device)
+            torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T, out=tmp)
             for c0 in range(0, self.n, _CHUNK):
                 dest[:, c0:c0 + _CHUNK].copy_(tmp[c0:c0 + _CHUNK].T)
         return out
@@ -511,11 +560,15 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
     return f, d1, d2
 
 
-def _dot(R: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+def _dot(R: torch.Tensor, U: torch.Tensor, ws: Workspace) -> torch.Tensor:
     """Per-problem ``sum(R * U)`` [q] in float32 (inputs in the compute dtype)."""
     out = torch.empty(R.shape[0], device=R.device)
+    if R.dtype == torch.float32:
+        return (R * U).sum((1, 2))
+    k = R[0].numel()
+    a, b = (ws.take(name, (k,), torch.float32, R.device) for name in ("dot_r", "dot_u"))
     for i in range(R.shape[0]):
-        out[i] = torch.dot(R[i].reshape(-1).to(torch.float32), U[i].reshape(-1).to(torch.float32))
+        out[i] = torch.dot(a.copy_(R[i].reshape(-1)), b.copy_(U[i].reshape(-1)))
     return out
 
 
@@ -654,12 +707,14 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
 
 def solve_linear(rs: RowSets, prob_set: torch.Tensor, lam: torch.Tensor, present: torch.Tensor,
                  basis: FeatureBasis, *, tol: float, max_iter: int, history: int, batch_bytes: int,
-                 gen: torch.Generator, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearSolution:
+                 gen: torch.Generator, init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 workspace: Workspace | None = None) -> LinearSolution:
     """Solve problems ``q`` (row set ``prob_set[q]``, strength ``lam[q]``, classes ``present[q]``) independently.
 
     ``init``: optional start ``(W [Q, C, D], b [Q, C])`` in each set's standardised coordinates (default: ``W = 0``,
     ``b`` = log class frequencies). Row sets are solved in batches of similar size whose working memory stays
-    under ``batch_bytes``; ``gen`` orders the rows (the line search's subsample).
+    under ``batch_bytes``; ``gen`` orders the rows (the line search's subsample). ``workspace``: buffers to reuse
+    (pass the same one to every call of a fit; default: a fresh one).
     """
     Q, C = present.shape
     D = rs.dim
@@ -691,10 +746,10 @@ def solve_linear(rs: RowSets, prob_set: torch.Tensor, lam: torch.Tensor, present
         cost += c
     if cur:
         batches.append(cur)
-    pool: list[torch.Tensor] = []
+    ws = Workspace() if workspace is None else workspace
     capacity = max(int(rs.members[s].numel()) for s in per_set)
     for sets in batches:
-        bt = _Batch(rs, sets, gen, pool, capacity)
+        bt = _Batch(rs, sets, gen, ws, capacity)
         _solve_batch(bt, per_set, lam, present, basis, res, tol=tol, max_iter=max_iter, history=history, init=init)
         for j in range(len(sets)):
             bt.release(j)
@@ -723,11 +778,17 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
     if not all_present:
         W = W * pres[:, :, None]
         b = torch.where(pres, b, torch.zeros_like(b))
+    ws = bt.ws
+    # the logit-sized buffers come from the fit's workspace (L and Lnew trade places every iteration)
+    L = ws.take("L", (q, C, n), torch.float32, dev)
+    Lnew = ws.take("Lnew", (q, C, n), torch.float32, dev)
+    U_buf = ws.take("U", (q, C, n), bt.dtype, dev)  # the logit change, reused every iteration
+    R = ws.take("R", (q, C, n), bt.dtype, dev)
     if init is None:
-        L = b[:, :, None].expand(q, C, n).contiguous()
+        L.copy_(b[:, :, None].expand(q, C, n))
     else:
         d, W, b, scale = bt.to_data(W, b, slot)
-        L = bt.forward(d, slot).to(torch.float32) / scale[:, None, None]
+        L.copy_(bt.forward(d, slot, out=U_buf)).div_(scale[:, None, None])
         W, b = W / scale[:, None, None], b / scale[:, None]
     if not all_present:
         L.masked_fill_(~pres[:, :, None], -math.inf)  # classes a probe never saw get probability 0
@@ -738,9 +799,6 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
                 yW=torch.zeros(q, m, C, D, device=dev), yb=torch.zeros(q, m, C, device=dev),
                 rho=torch.zeros(q, m, device=dev), a_vecs=torch.zeros(q, C, C, device=dev),
                 a_vals=torch.zeros(q, C, device=dev), n_iter=torch.zeros(q, dtype=torch.long, device=dev))
-    Lnew = torch.empty_like(L)
-    U_buf = torch.empty(q, C, n, dtype=bt.dtype, device=dev)  # the logit change, reused every iteration
-    R = torch.empty(q, C, n, dtype=bt.dtype, device=dev)
     A = torch.zeros(q, C, C, device=dev)
     f, _, _ = _evaluate(st.L, U_buf.zero_(), torch.zeros(q, device=dev), y, w,
                         slice(0, n), list(range(q)), curvature=False, R=R, A=A, a_cols=bt.n_sub,
@@ -761,8 +819,9 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
             keep = ~done
             if not keep.any():
                 return
+            kept = torch.nonzero(keep).flatten().tolist()
             st.keep(keep)
-            Lnew, R, A = Lnew[keep], R[keep], A[keep]
+            Lnew, R, A = Lnew[: len(kept)], _compact(R, kept), A[keep]  # Lnew is rewritten before it is read
             for j in set(range(len(bt.z))) - set(st.slot.tolist()):
                 bt.release(j)  # the rows of a finished set
         dW, db = _direction(st, basis, ring, used)
@@ -779,7 +838,7 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
             U.masked_fill_(~st.present[:, :, None], 0.0)
         # phi'(0) from the cached residuals and the rounded logit change: the line search then sees one consistent
         # function even where low-precision products make U differ slightly from the image of the direction
-        d0 = _dot(R, U) * bt.wmax[st.slot] + st.lam * (st.W * dW).sum((1, 2))
+        d0 = _dot(R, U, bt.ws) * bt.wmax[st.slot] + st.lam * (st.W * dW).sum((1, 2))
         flat = d0 >= 0  # no descent left at this precision: counts as a stalled step
         it += 1
         refresh = it <= 2 or it % _REFRESH == 0  # the class curvature settles after the first steps
@@ -810,4 +869,4 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
 
 
 __all__ = ["PRECISIONS", "FeatureBasis", "LinearSolution", "RowSets", "compute_dtype", "feature_basis", "row_sets",
-           "solve_linear", "thread_count", "torch_threads"]
+           "Workspace", "solve_linear", "thread_count", "torch_threads"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from phonefair.errors import ConfigError, DataError
-from phonefair.probes.solver import (PRECISIONS, FeatureBasis, LinearSolution, RowSets, compute_dtype,
+from phonefair.probes.solver import (PRECISIONS, FeatureBasis, LinearSolution, RowSets, Workspace, compute_dtype,
                                      feature_basis, row_sets, solve_linear, thread_count, torch_threads)
 
 PROBE_KINDS = ("linear", "mlp")
@@ -48,7 +48,7 @@ class TrainerConfig:
     history: int = 8  # exact solver: L-BFGS curvature pairs kept per problem
     precision: str = "auto"  # "auto" | "bf16" | "fp32": rows and matrix products of the exact solver
     threads: int | str = "auto"  # intra-op threads during a fit ("auto": see solver.thread_count)
-    batch_bytes: int = 2**30  # exact solver: working memory per batch of row sets
+    batch_bytes: int = 2**28  # exact solver: working memory per batch of row sets (docs/probes.md "Memory")
     pilot: bool = True  # exact solver: start every problem from a solved pilot problem (docs/probes.md)
     hidden: int = 256  # MLP hidden width
     epochs: int = 3  # Adam passes over each probe's rows
@@ -241,7 +241,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: 
 
 def fit_batched(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
                 class_mask: torch.Tensor, l2: torch.Tensor, config: TrainerConfig = TrainerConfig(), *,
-                seed: int = 0) -> BatchedProbes:
+                seed: int = 0, workspace: Workspace | None = None) -> BatchedProbes:
     """Fit ``P x K`` probes, each ``(probe, strength)`` problem independently.
 
     Parameters
@@ -254,6 +254,8 @@ def fit_batched(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: to
     l2: ``[P, K]`` L2 strengths (lambda in the objective above).
     seed: fixes the row order of the exact solver (its line-search subsample), mini-batch order and MLP
         initialisation. The same inputs, seed and thread count give the same probes.
+    workspace: exact solver's buffers, reused when the same one is passed to consecutive fits (e.g. the layers of
+        a run; never to two fits at once). Default: fresh buffers, freed on return.
 
     The exact solver reports per problem in ``extra``: ``converged`` / ``grad_max`` / ``n_iter`` ``[P, K]``.
     Probes with identical rows and weights share one gathered copy; identical problems are solved once.
@@ -266,7 +268,8 @@ def fit_batched(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: to
     _check_inputs(x, y, rows, weight, class_mask)
     with torch_threads(thread_count(config.threads)):
         if config.exact:
-            return _fit_exact(x, y, rows, weight, class_mask.to(x.device), l2, config, seed=seed)
+            return _fit_exact(x, y, rows, weight, class_mask.to(x.device), l2, config, seed=seed,
+                              ws=Workspace() if workspace is None else workspace)
         return _fit_iterative(x, y, rows, weight, class_mask, l2, config, seed=seed)
 
 
@@ -361,15 +364,16 @@ def _to_probes(rs: RowSets, set_of_probe: Sequence[int], pr: _Problems, sol_W: t
 
 
 def _fit_exact(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, class_mask: torch.Tensor,
-               l2: torch.Tensor, config: TrainerConfig, *, seed: int) -> BatchedProbes:
+               l2: torch.Tensor, config: TrainerConfig, *, seed: int, ws: Workspace) -> BatchedProbes:
     sets, set_of = _distinct_sets(rows, weight)
     dt = compute_dtype(config.precision, x.device, min(int(r.numel()) for r, _ in sets))
-    rs = row_sets(x, y, sets, dt)
+    rs = row_sets(x, y, sets, dt, workspace=ws)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     basis = feature_basis(rs, gen)
     pr = _problems(set_of, l2, class_mask)
     pilot = _pilot_problem(rs, pr) if config.pilot else None
-    sol = _solve(rs, pr, basis, config, gen) if pilot is None else _solve_from_pilot(rs, pr, pilot, basis, config, gen)
+    sol = _solve(rs, pr, basis, config, gen, ws=ws) if pilot is None else \
+        _solve_from_pilot(rs, pr, pilot, basis, config, gen, ws)
     extra: dict[str, object] = {
         "pilot_problem": pilot,
         "converged": sol.converged[pr.index], "grad_max": sol.grad_max[pr.index], "n_iter": sol.n_iter[pr.index],
@@ -380,11 +384,11 @@ def _fit_exact(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, weight: tor
 
 def _solve(rs: RowSets, pr: _Problems, basis: FeatureBasis, config: TrainerConfig, gen: torch.Generator,
            q: slice | torch.Tensor = slice(None), *, tol: float | None = None,
-           init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearSolution:
+           init: tuple[torch.Tensor, torch.Tensor] | None = None, ws: Workspace | None = None) -> LinearSolution:
     """:func:`solve_linear` on problems ``q`` of ``pr`` with the config's solver settings (``tol`` overrides)."""
     return solve_linear(rs, pr.set_of[q], pr.lam[q], pr.present[q], basis, tol=config.tol if tol is None else tol,
                         max_iter=config.max_iter, history=config.history, batch_bytes=config.batch_bytes, gen=gen,
-                        init=init)
+                        init=init, workspace=ws)
 
 
 def _pilot_problem(rs: RowSets, pr: _Problems) -> int | None:
@@ -420,19 +424,19 @@ def _mapped_start(rs: RowSets, W: torch.Tensor, b: torch.Tensor, src: torch.Tens
 
 
 def _solve_from_pilot(rs: RowSets, pr: _Problems, pilot: int, basis: FeatureBasis, config: TrainerConfig,
-                      gen: torch.Generator) -> LinearSolution:
+                      gen: torch.Generator, ws: Workspace | None = None) -> LinearSolution:
     """Solve the pilot problem, then every other problem from the pilot's solution mapped into its rows'
     standardisation and class frequencies. The problems stay independent (each keeps its own optimum and stop
     rule); the shared start only shortens their paths: the probes of one layer (pooled, per-group, leave-one-out
     populations, λ values) have nearby optima, ~8 → ~6 iterations on the benchmark (docs/probes.md)."""
     Q = int(pr.lam.numel())
     one = slice(pilot, pilot + 1)
-    first = _solve(rs, pr, basis, config, gen, one)
+    first = _solve(rs, pr, basis, config, gen, one, ws=ws)
     rest = torch.tensor([q for q in range(Q) if q != pilot], dtype=torch.long, device=pr.set_of.device)
     n = int(rest.numel())
     W0, b0 = _mapped_start(rs, first.W.expand(n, -1, -1), first.b.expand(n, -1), pr.set_of[one].expand(n),
                            pr.set_of[rest], pr.present[one].expand(n, -1))
-    sol = _solve(rs, pr, basis, config, gen, rest, init=(W0, b0))
+    sol = _solve(rs, pr, basis, config, gen, rest, init=(W0, b0), ws=ws)
     out = LinearSolution(**{k: torch.empty((Q, *v.shape[1:]), dtype=v.dtype, device=v.device)
                             for k, v in vars(sol).items()})
     for k in vars(sol):
@@ -455,7 +459,8 @@ class Selection:
 def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: torch.Tensor,
                val_rows: torch.Tensor, val_w: torch.Tensor, full_rows: torch.Tensor, full_w: torch.Tensor,
                fit_mask: torch.Tensor, full_mask: torch.Tensor, grid: Sequence[float],
-               config: TrainerConfig = TrainerConfig(), *, seed: int = 0) -> Selection:
+               config: TrainerConfig = TrainerConfig(), *, seed: int = 0,
+               workspace: Workspace | None = None) -> Selection:
     """Choose lambda per probe on held-out validation rows, then refit on the full rows: the linear probe's
     hyper-parameter selection at about twice the cost of one fit for a 4-value grid (docs/probes.md).
 
@@ -468,6 +473,7 @@ def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: 
     and full rows. A validation row whose class the fit never saw counts as an error.
 
     Validation scores use the compute precision (bfloat16 logits where available); they only rank the grid.
+    ``workspace``: as in :func:`fit_batched`.
     """
     lams = sorted(float(v) for v in grid)
     if not lams or any(v < 0 or not math.isfinite(v) for v in lams):
@@ -490,14 +496,15 @@ def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: 
         sets, of = _distinct_sets(*_stack_padded([(fit_rows, fit_w), (full_rows, full_w)]))
         dt = compute_dtype(config.precision, dev, min(int(r.numel()) for r, _ in sets))
         val_sets, val_of = _distinct_sets(val_rows, val_w)
-        rs = row_sets(x, y, sets + val_sets, dt)
+        ws = Workspace() if workspace is None else workspace
+        rs = row_sets(x, y, sets + val_sets, dt, workspace=ws)
         fit_of, full_of = of[:P], of[P:]
         val_of = [len(sets) + v for v in val_of]
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         basis = feature_basis(rs, gen)
         grid_t = torch.tensor(lams, dtype=torch.float32, device=dev)
         pr = _problems(fit_of, grid_t.expand(P, -1), fit_mask)
-        sel = _solve(rs, pr, basis, config, gen, tol=config.select_tol)
+        sel = _solve(rs, pr, basis, config, gen, tol=config.select_tol, ws=ws)
         acc = _score(rs, pr, sel.W, sel.b, fit_of, val_of, fit_mask)  # [P, G]
         top = acc >= acc.max(1, keepdim=True).values - 1e-12
         best = len(lams) - 1 - torch.argmax(top.flip(1).to(torch.int8), dim=1)  # ties -> the larger lambda
@@ -512,7 +519,7 @@ def fit_select(x: torch.Tensor, y: torch.Tensor, fit_rows: torch.Tensor, fit_w: 
         init_W = torch.zeros(int(pr2.lam.numel()), *W0.shape[1:], device=dev)
         init_b = torch.zeros(int(pr2.lam.numel()), W0.shape[1], device=dev)
         init_W[first], init_b[first] = W0, b0
-        ref = _solve(rs, pr2, basis, config, gen, init=(init_W, init_b))
+        ref = _solve(rs, pr2, basis, config, gen, init=(init_W, init_b), ws=ws)
         extra: dict[str, object] = {
             "converged": ref.converged[pr2.index], "grad_max": ref.grad_max[pr2.index],
             "n_iter": ref.n_iter[pr2.index], "objective": ref.objective[pr2.index],
