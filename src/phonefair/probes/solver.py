@@ -351,7 +351,8 @@ class _State:
     a_vals: torch.Tensor  # [q, C]
     n_iter: torch.Tensor  # [q]
 
-    def keep(self, sel: torch.Tensor) -> None:
+    def keep(self, sel: torch.Tensor) -> list[int]:
+        """Keep the problems where ``sel``; returns their former positions."""
         kept = torch.nonzero(sel).flatten().tolist()
         for name in self.__dataclass_fields__:
             v = getattr(self, name)
@@ -359,6 +360,7 @@ class _State:
                 self.L = _compact(v, kept)
             elif isinstance(v, torch.Tensor):
                 setattr(self, name, v[sel])
+        return kept
 
 
 class _Batch:
@@ -563,12 +565,13 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
 def _dot(R: torch.Tensor, U: torch.Tensor, ws: Workspace) -> torch.Tensor:
     """Per-problem ``sum(R * U)`` [q] in float32 (inputs in the compute dtype)."""
     out = torch.empty(R.shape[0], device=R.device)
-    if R.dtype == torch.float32:
-        return (R * U).sum((1, 2))
     k = R[0].numel()
-    a, b = (ws.take(name, (k,), torch.float32, R.device) for name in ("dot_r", "dot_u"))
     for i in range(R.shape[0]):
-        out[i] = torch.dot(a.copy_(R[i].reshape(-1)), b.copy_(U[i].reshape(-1)))
+        r, u = R[i].reshape(-1), U[i].reshape(-1)
+        if r.dtype != torch.float32:  # converted into two reused buffers (fresh ones would be page-faulted in)
+            r = ws.take("dot_r", (k,), torch.float32, R.device).copy_(r)
+            u = ws.take("dot_u", (k,), torch.float32, R.device).copy_(u)
+        out[i] = torch.dot(r, u)
     return out
 
 
@@ -819,8 +822,7 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
             keep = ~done
             if not keep.any():
                 return
-            kept = torch.nonzero(keep).flatten().tolist()
-            st.keep(keep)
+            kept = st.keep(keep)
             Lnew, R, A = Lnew[: len(kept)], _compact(R, kept), A[keep]  # Lnew is rewritten before it is read
             for j in set(range(len(bt.z))) - set(st.slot.tolist()):
                 bt.release(j)  # the rows of a finished set
