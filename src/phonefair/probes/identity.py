@@ -48,6 +48,7 @@ __all__ = ["IDENTITY_COLUMNS", "IdentityData", "IdentityResults", "IdentitySetti
            "speaker_identity_layer"]
 
 POOLED = "*"  # the ``phone`` of the pooled group probe and the ``group`` of the all-speaker speaker-ID row
+_LABEL_CHUNK_BYTES = 2**30  # group-ID cross-fit: gathered rows of the labellings fitted in one call
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,6 @@ def _device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} requested but CUDA is not available")
     return dev
-
-
-_LABEL_CHUNK_BYTES = 2**30  # gathered rows of the labellings fitted in one call
 
 
 def _trainer(settings: IdentitySettings) -> TrainerConfig:
