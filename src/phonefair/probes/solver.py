@@ -443,9 +443,10 @@ class _Batch:
         return d, dWr, dbr, scale
 
     def forward(self, d: torch.Tensor, slot: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``Z d`` [q, C, n] (compute dtype, class-major) of data-side directions ``d`` [q, C, width],
-        written to ``out`` when given (a buffer reused across iterations: a fresh block of this size is new memory
-        from the OS every time, and its page faults cost about as much as the product's output)."""
+        """Logits ``Z d`` [q, C, n] (class-major) of data-side directions ``d`` [q, C, width], written to ``out``
+        when given: a buffer reused across iterations (a fresh block of this size is new memory from the OS every
+        time, and its page faults cost about as much as the product's output), in its own dtype on CPUs (the
+        copy-back converts, e.g. to float32), the compute dtype on GPUs and by default."""
         q, C, D1 = d.shape
         if out is None:
             out = torch.empty(q, C, self.n, dtype=self.dtype, device=d.device)
@@ -529,7 +530,7 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
     if A is not None:
         A[pend] = 0.0
     for ps, cs in _blocks(q, cols, C, pend, L.is_cuda):
-        Uc = U[ps, :, cs].to(torch.float32)  # mixed-dtype element-wise ops are ~2x slower than a conversion
+        Uc = U[ps, :, cs].to(torch.float32)  # a view on CPUs (U is float32); mixed-dtype ops run ~2x slower
         La = torch.addcmul(L[ps, :, cs], Uc, alpha[ps, None, None], out=None if Lnew is None else Lnew[ps, :, cs])
         mx = La.amax(1, keepdim=True)
         yc = y[ps, None, cs]
@@ -550,18 +551,13 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
                 d2[ps] += ((eu.mul_(Uc).sum(1, keepdim=True).div_(tot) - spu * spu).squeeze(1) * wc).sum(1)
         if R is not None:
             if r_dot is not None:
-                r_old = R[ps, :, cs].to(torch.float32)
-                r_dot[ps] += torch.dot(r_old.reshape(-1), Uc.reshape(-1)) if r_old.shape[0] == 1 else \
-                    (r_old * Uc).sum((1, 2))
+                r_dot[ps] += (R[ps, :, cs].to(torch.float32) * Uc).sum((1, 2))
             ws = wc if r_scale is None else wc * r_scale[ps, None]
             E.mul_(ws[:, None, :] / tot)  # w p (scaled)
             E.scatter_add_(1, yc, -ws[:, None, :])  # minus w y, in float32 (keeps 1 - p_y exact)
             if not curvature:  # f' = sum R U: one fused reduction
-                rs_ = 1.0 if r_scale is None else r_scale[ps]
-                if E.shape[0] == 1:
-                    d1[ps] += torch.dot(E.reshape(-1), Uc.reshape(-1)) / rs_
-                else:
-                    d1[ps] += (E * Uc).sum((1, 2)) / rs_
+                # (a product and a sum: Uc is a strided view, so a flat dot would first copy it)
+                d1[ps] += (E * Uc).sum((1, 2)) / (1.0 if r_scale is None else r_scale[ps])
             R[ps, :, cs] = E
     if A is not None:
         ix = torch.tensor(pend, device=L.device)
@@ -790,7 +786,9 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
     # the logit-sized buffers come from the fit's workspace (L and Lnew trade places every iteration)
     L = ws.take("L", (q, C, n), torch.float32, dev)
     Lnew = ws.take("Lnew", (q, C, n), torch.float32, dev)
-    U_buf = ws.take("U", (q, C, n), bt.dtype, dev)  # the logit change, reused every iteration
+    # the logit change, reused every iteration; float32 on CPUs, where the forward's copy-back converts it once
+    # instead of every element-wise pass converting each chunk again
+    U_buf = ws.take("U", (q, C, n), bt.dtype if dev.type == "cuda" else torch.float32, dev)
     R = ws.take("R", (q, C, n), bt.dtype, dev)
     if init is None:
         L.copy_(b[:, :, None].expand(q, C, n))
