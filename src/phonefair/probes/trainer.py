@@ -48,7 +48,7 @@ class TrainerConfig:
     history: int = 8  # exact solver: L-BFGS curvature pairs kept per problem
     precision: str = "auto"  # "auto" | "bf16" | "fp32": rows and matrix products of the exact solver
     threads: int | str = "auto"  # intra-op threads during a fit ("auto": see solver.thread_count)
-    batch_bytes: int = 2**28  # exact solver: working memory per batch of row sets (docs/probes.md "Memory")
+    batch_bytes: int = 2**27  # exact solver: working memory per batch of row sets (docs/probes.md "Memory")
     pilot: bool = True  # exact solver: start every problem from a solved pilot problem (docs/probes.md)
     hidden: int = 256  # MLP hidden width
     epochs: int = 3  # Adam passes over each probe's rows
