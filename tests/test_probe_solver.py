@@ -94,9 +94,13 @@ def test_converged_problems_leave_the_batch(monkeypatch):
     widths: list[int] = []
     orig = S._Batch.forward
 
-    def spy(self, d, slot, out=None):
+    def spy(self, d, slot, out=None, resid=None):
         widths.append(int(d.shape[0]))
-        return orig(self, d, slot, out=out)
+        U, RU = orig(self, d, slot, out=out, resid=resid)
+        if resid is not None:  # the copy-back's fused sum(R U) is the plain one
+            ref = (resid.double() * U.double()).sum((1, 2))
+            assert torch.allclose(RU.double(), ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+        return U, RU
 
     monkeypatch.setattr(S._Batch, "forward", spy)
     cfg = TrainerConfig(tol=1e-6, pilot=False)  # the batch mechanics, without the pilot's extra solve

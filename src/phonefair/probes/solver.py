@@ -444,26 +444,41 @@ class _Batch:
         dbr = d[..., D].to(torch.float32) - (dWr * c[:, None, :]).sum(-1)
         return d, dWr, dbr, scale
 
-    def forward(self, d: torch.Tensor, slot: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, d: torch.Tensor, slot: torch.Tensor, out: torch.Tensor | None = None,
+                resid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``Z d`` [q, C, n] (class-major) of data-side directions ``d`` [q, C, width], written to ``out``
         when given: a buffer reused across iterations (a fresh block of this size is new memory from the OS every
         time, and its page faults cost about as much as the product's output), in its own dtype on CPUs (the
-        copy-back converts, e.g. to float32), the compute dtype on GPUs and by default."""
+        copy-back converts, e.g. to float32), the compute dtype on GPUs and by default.
+
+        With ``resid`` [q, C, n], also returns ``sum(resid * Z d)`` [q] (float32), on CPUs read from each
+        cache-resident chunk of the copy-back rather than in a pass of its own over both arrays.
+        """
         q, C, D1 = d.shape
         if out is None:
             out = torch.empty(q, C, self.n, dtype=self.dtype, device=d.device)
+        dots = None if resid is None else torch.zeros(q, device=d.device)
         for s, q0, q1 in self.runs(slot):
             dest = out[q0:q1].view(-1, self.n)
             if d.is_cuda:
                 torch.mm(d[q0:q1].reshape(-1, D1), self.z[s].T, out=dest)
+                if dots is not None:
+                    dots[q0:q1] = (resid[q0:q1].to(torch.float32) * out[q0:q1]).sum((1, 2))
                 continue
             # CPU: the product is ~30 % faster with the rows' axis first ([n, k]); a cache-sized transposed copy per
             # column chunk brings it back to class-major for the element-wise work
             tmp = self.ws.take("forward", (self.n, (q1 - q0) * C), self.dtype, d.device)
             torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T, out=tmp)
+            acc = torch.zeros(dest.shape[0], device=d.device)
+            rows = None if resid is None else resid[q0:q1].view(-1, self.n)
             for c0 in range(0, self.n, _CHUNK):
-                dest[:, c0:c0 + _CHUNK].copy_(tmp[c0:c0 + _CHUNK].T)
-        return out
+                u = dest[:, c0:c0 + _CHUNK]
+                u.copy_(tmp[c0:c0 + _CHUNK].T)
+                if rows is not None:
+                    acc += (rows[:, c0:c0 + _CHUNK].to(torch.float32) * u).sum(1)
+            if dots is not None:
+                dots[q0:q1] = acc.view(q1 - q0, C).sum(1)
+        return out, dots
 
     def gradient(self, R: torch.Tensor, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
         """``grad f`` in each problem's coordinates from residuals ``R`` [q, C, n] (compute dtype), which hold
@@ -499,26 +514,23 @@ def _blocks(q: int, cols: slice, C: int, pend: list[int], cuda: bool) -> list[tu
 def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
               cols: slice, pend: list[int], *, curvature: bool, Lnew: torch.Tensor | None = None,
               R: torch.Tensor | None = None, A: torch.Tensor | None = None, a_cols: int = 0,
-              r_scale: torch.Tensor | None = None,
-              r_dot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              r_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The data term of ``f`` along the line ``L + alpha U`` over columns ``cols``: ``(f, f', f'')`` [q].
 
     ``w`` [q, n] weights the columns (pass weights renormalised over a subsample to estimate the full terms).
     Optional outputs for the same point: the new logits ``Lnew``, the weighted residuals ``R = w (P - Y) r_scale``
     in ``R``'s dtype, and the class curvature ``A = sum_i w_i (diag p_i - p_i p_i^T)`` (estimated from the first
-    ``a_cols`` columns, a random subsample, when ``a_cols`` > 0; overwritten for the evaluated problems).
-    ``r_dot`` [q] (with ``R``): accumulates ``sum(R U)`` over ``cols`` for the residuals ``R`` holds *before* this
-    call overwrites them, read from each cache-resident chunk rather than in a separate pass over both arrays.
-    Entries of problems not evaluated (not in ``pend``) are zero.
+    ``a_cols`` columns, a random subsample, when ``a_cols`` > 0; overwritten for the evaluated problems). Entries of
+    problems not evaluated (not in ``pend``) are zero.
     """
     q, C, n_all = L.shape
     if len(pend) < q and (L.is_cuda or C * n_all < _BIG):  # one block of the pending problems only: gather them
         ix = torch.tensor(pend, device=L.device)
-        sub = [None if t is None else t[ix] for t in (Lnew, R, A, r_dot)]
+        sub = [None if t is None else t[ix] for t in (Lnew, R, A)]
         fs, d1s, d2s = _evaluate(L[ix], U[ix], alpha[ix], y[ix], w[ix], cols, list(range(len(pend))),
                                  curvature=curvature, Lnew=sub[0], R=sub[1], A=sub[2], a_cols=a_cols,
-                                 r_scale=None if r_scale is None else r_scale[ix], r_dot=sub[3])
-        for full, part in zip((Lnew, R, A, r_dot), sub, strict=True):
+                                 r_scale=None if r_scale is None else r_scale[ix])
+        for full, part in zip((Lnew, R, A), sub, strict=True):
             if full is not None:
                 full[ix] = part
         out = [torch.zeros(q, device=L.device) for _ in range(3)]
@@ -552,8 +564,6 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
             if curvature:
                 d2[ps] += ((eu.mul_(Uc).sum(1, keepdim=True).div_(tot) - spu * spu).squeeze(1) * wc).sum(1)
         if R is not None:
-            if r_dot is not None:
-                r_dot[ps] += (R[ps, :, cs].to(torch.float32) * Uc).sum((1, 2))
             ws = wc if r_scale is None else wc * r_scale[ps, None]
             E.mul_(ws[:, None, :] / tot)  # w p (scaled)
             E.scatter_add_(1, yc, -ws[:, None, :])  # minus w y, in float32 (keeps 1 - p_y exact)
@@ -620,9 +630,7 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
     the weighted residuals (``R``) and the class curvature (``A``). A step is accepted when
     ``phi(alpha) <= phi(0) + 1e-4 alpha phi'(0)`` and ``|phi'(alpha)| <= 0.1 |phi'(0)|``.
 
-    ``d0`` is ``phi'(0)`` computed from the gradient (used by the subsample's Newton steps); the tests on the full
-    rows use ``sum(R U)`` instead, read during their first evaluation. Newton starts at ``alpha0`` (the quasi-Newton
-    step). Returns ``(alpha, phi(alpha), stalled)``; a stalled
+    Newton starts at ``alpha0`` (the quasi-Newton step). Returns ``(alpha, phi(alpha), stalled)``; a stalled
     problem (no step decreases ``f`` beyond rounding) stays put.
     """
     q, _, n = U.shape
@@ -667,18 +675,9 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
     out_f = st.f.clone()
     slack = 1e-6 * st.f.abs() + 1e-12  # float32 sums over many rows: never reject a step for rounding alone
     pend = list(range(q))
-    r_dot = torch.zeros(q, device=dev)
-    flat = torch.zeros(q, dtype=torch.bool, device=dev)
     for r in range(rounds):
         f, d1, _ = _evaluate(st.L, U, alpha, st.y, st.w, slice(0, n), pend, curvature=False, Lnew=Lnew,
-                             R=R, A=A, a_cols=bt.n_sub, r_scale=r_scale, r_dot=r_dot if r == 0 else None)
-        if r == 0:
-            # the tests use phi'(0) = sum(R U) from the residuals this evaluation replaced and the rounded logit
-            # change, so they see one consistent function even where low-precision products make U differ
-            # slightly from the image of the direction (read chunk by chunk above: no pass of its own)
-            d0 = r_dot * bt.wmax[st.slot] + lam * wd
-            flat = d0 >= 0  # no descent left at this precision: counts as a stalled step
-            d0 = d0.clamp_max(-1e-30)
+                             R=R, A=A, a_cols=bt.n_sub, r_scale=r_scale)
         phi = f + 0.5 * lam * (ww + 2 * alpha * wd + alpha * alpha * dd)
         g = d1 + lam * (wd + alpha * dd)
         # secant through phi'(0) and phi'(alpha) on the full rows: exact for a quadratic
@@ -701,7 +700,7 @@ def _line_search(st: _State, bt: _Batch, U: torch.Tensor, dW: torch.Tensor, d0: 
         nxt = a - gi / hi_
         inside = (nxt > lo[ix]) & (nxt < hi[ix])
         alpha[ix] = torch.where(inside, nxt, torch.where(torch.isinf(hi[ix]), 4 * a, 0.5 * (lo[ix] + hi[ix])))
-    stalled = flat.clone()
+    stalled = torch.zeros(q, dtype=torch.bool, device=dev)
     if pend:  # rounding-level progress only: stay (alpha = 0) and restore the buffers at the current point
         ix = torch.tensor(pend, device=dev)
         stalled[ix] = True
@@ -796,7 +795,7 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
         L.copy_(b[:, :, None].expand(q, C, n))
     else:
         d, W, b, scale = bt.to_data(W, b, slot)
-        L.copy_(bt.forward(d, slot, out=U_buf)).div_(scale[:, None, None])
+        L.copy_(bt.forward(d, slot, out=U_buf)[0]).div_(scale[:, None, None])
         W, b = W / scale[:, None, None], b / scale[:, None]
     if not all_present:
         L.masked_fill_(~pres[:, :, None], -math.inf)  # classes a probe never saw get probability 0
@@ -840,15 +839,20 @@ def _solve_batch(bt: _Batch, per_set: dict[int, list[int]], lam: torch.Tensor, p
             dW = torch.where(bad[:, None, None], -rW, dW)
             db = torch.where(bad[:, None], -rb, db)
         d, dW, db, scale = bt.to_data(dW, db, st.slot)
-        U = bt.forward(d, st.slot, out=U_buf[: d.shape[0]])
+        U, RU = bt.forward(d, st.slot, out=U_buf[: d.shape[0]], resid=R)
         if st.present is not None:
-            U.masked_fill_(~st.present[:, :, None], 0.0)
-        # phi'(0) of the rounded direction; the line search replaces it by sum(R U) (see there)
-        d0 = (st.gW * dW).sum((1, 2)) + (st.gb * db).sum(1)
+            U.masked_fill_(~st.present[:, :, None], 0.0)  # (absent classes add nothing to RU: R is 0 there)
+        # phi'(0) from the cached residuals and the rounded logit change: the line search then sees one consistent
+        # function even where low-precision products make U differ slightly from the image of the direction (the
+        # gradient's g . d drifts from it by up to ~20 % of phi'(0) near the optimum in bfloat16, enough to cost a
+        # second full evaluation in most late line searches)
+        d0 = RU * bt.wmax[st.slot] + st.lam * (st.W * dW).sum((1, 2))
+        flat = d0 >= 0  # no descent left at this precision: counts as a stalled step
         it += 1
         refresh = it <= 2 or it % _REFRESH == 0  # the class curvature settles after the first steps
         alpha, f_new, stalled = _line_search(st, bt, U, dW, d0.clamp_max(-1e-30), 1.0 / scale, Lnew, R,
                                              A if refresh else None)
+        stalled |= flat
         st.L, Lnew = Lnew, st.L
         sW, sb = alpha[:, None, None] * dW, alpha[:, None] * db
         st.W += sW
