@@ -304,8 +304,7 @@ def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]
                 print(f"  ours repeat {r}, fresh buffers (a one-layer run): {wall:.2f} s wall, {cpu:.2f} s CPU",
                       flush=True)
 
-            # the order rotates per repeat: whichever variant runs first after scikit-learn's fits finds the
-            # caches cold (a fixed order gave the first variant 10-15 % longer times on this host)
+            # the order rotates per repeat, so that no variant always runs first after scikit-learn's fits
             variants = [main_variant, distinct_variant, fresh_variant]
             for run in variants[r % 3:] + variants[: r % 3]:
                 run()
