@@ -306,11 +306,13 @@ def test_low_precision_paths_reach_the_optimum(precision):
     assert abs(float(b16.extra["objective"][0, 0]) - float(f32.extra["objective"][0, 0])) <= 1e-4
 
 
-def test_subsampled_line_search_needs_few_full_evaluations(monkeypatch):
-    """Big problems (>= 16,384 rows) find the step by Newton on a random eighth of the rows, corrected by the exact
-    phi'(0) of all rows (a control variate). Without the correction the subsample's own noise makes the full-row
-    acceptance test fail at almost every iteration (2 full evaluations per iteration); with it, ~1. The solution
-    is the float32 optimum's (same predictions)."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_subsampled_line_search_needs_few_full_evaluations(monkeypatch, precision):
+    """Big problems (>= 16,384 rows) find the step by Newton on a random subsample of the rows, corrected by the
+    exact phi'(0) of all rows (a control variate). Without the correction the subsample's own noise makes the
+    full-row acceptance test fail at almost every iteration (2 full evaluations per iteration); with it, ~1. The
+    exact phi'(0) is sum(R U), summed chunk by chunk in the forward product's copy-back (20,000 rows: several
+    chunks); it must equal the plain sum. The float32 solution is the float32 optimum's (same predictions)."""
     x, y = _blobs(9, 24000, classes=6, dim=10)
     rows = [np.arange(20000)]
     full_rounds: list[int] = []
@@ -326,13 +328,28 @@ def test_subsampled_line_search_needs_few_full_evaluations(monkeypatch):
         searches.append(int(st.pid.numel()))
         return orig_search(st, *a, **kw)
 
+    dots: list[float] = []
+    orig_forward = S._Batch.forward
+
+    def forward_spy(self, d, slot, out=None, resid=None):
+        U, RU = orig_forward(self, d, slot, out=out, resid=resid)
+        if resid is not None:
+            ref = (resid.double() * U.double()).sum((1, 2))
+            dots.append(float(((RU.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max()))
+        return U, RU
+
     monkeypatch.setattr(S, "_evaluate", eval_spy)
     monkeypatch.setattr(S, "_line_search", search_spy)
-    fit = _fit(x, y, rows, [1e-3], TrainerConfig(precision="fp32", tol=1e-5), classes=6)
+    monkeypatch.setattr(S._Batch, "forward", forward_spy)
+    fit = _fit(x, y, rows, [1e-3], TrainerConfig(precision=precision, tol=1e-5 if precision == "fp32" else 1e-4),
+               classes=6)
     monkeypatch.undo()
     assert bool(fit.extra["converged"].all())
     full_per_search = (sum(full_rounds) - 1) / sum(searches)  # minus the start's evaluation
     assert full_per_search <= 1.5, full_per_search
+    assert dots and max(dots) < 1e-4, dots  # the chunked sum is the plain one (float32 accumulation)
+    if precision == "bf16":
+        return
     ref = _fit(x, y, rows, [1e-3], TrainerConfig(precision="fp32", tol=1e-7), classes=6)
     test = torch.from_numpy(x[20000:])
     assert (fit.predict(test) == ref.predict(test)).float().mean() >= 0.999

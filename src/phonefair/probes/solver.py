@@ -469,14 +469,14 @@ class _Batch:
             # column chunk brings it back to class-major for the element-wise work
             tmp = self.ws.take("forward", (self.n, (q1 - q0) * C), self.dtype, d.device)
             torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T, out=tmp)
-            acc = torch.zeros(dest.shape[0], device=d.device)
             rows = None if resid is None else resid[q0:q1].view(-1, self.n)
+            acc = None if rows is None else torch.zeros(rows.shape[0], device=d.device)
             for c0 in range(0, self.n, _CHUNK):
                 u = dest[:, c0:c0 + _CHUNK]
                 u.copy_(tmp[c0:c0 + _CHUNK].T)
-                if rows is not None:
+                if rows is not None and acc is not None:
                     acc += (rows[:, c0:c0 + _CHUNK].to(torch.float32) * u).sum(1)
-            if dots is not None:
+            if dots is not None and acc is not None:
                 dots[q0:q1] = acc.view(q1 - q0, C).sum(1)
         return out, dots
 
