@@ -470,6 +470,13 @@ class _Batch:
             tmp = self.ws.take("forward", (self.n, (q1 - q0) * C), self.dtype, d.device)
             torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T, out=tmp)
             rows = None if resid is None else resid[q0:q1].view(-1, self.n)
+            if rows is not None and dots is not None and self.dtype == torch.bfloat16:
+                # the per-class sums are the diagonal of one small product of the bfloat16 arrays (float32
+                # accumulation, each class's sum rounded once to bfloat16): ~0.5 ms against ~2.8 ms for converting
+                # and multiplying chunk by chunk (float16 could overflow there; float32 gains nothing)
+                diag = torch.mm(rows, tmp).diagonal().to(torch.float32)
+                dots[q0:q1] = diag.view(q1 - q0, C).sum(1)
+                rows = None
             acc = None if rows is None else torch.zeros(rows.shape[0], device=d.device)
             for c0 in range(0, self.n, _CHUNK):
                 u = dest[:, c0:c0 + _CHUNK]
