@@ -451,8 +451,9 @@ class _Batch:
         time, and its page faults cost about as much as the product's output), in its own dtype on CPUs (the
         copy-back converts, e.g. to float32), the compute dtype on GPUs and by default.
 
-        With ``resid`` [q, C, n], also returns ``sum(resid * Z d)`` [q] (float32), on CPUs read from each
-        cache-resident chunk of the copy-back rather than in a pass of its own over both arrays.
+        With ``resid`` [q, C, n], also returns ``sum(resid * Z d)`` [q] (float32) without a pass of its own over
+        both arrays: on CPUs, in bfloat16 the diagonal of one small product, otherwise summed from each
+        cache-resident chunk of the copy-back.
         """
         q, C, D1 = d.shape
         if out is None:
