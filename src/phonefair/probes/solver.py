@@ -575,10 +575,9 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
             ws = wc if r_scale is None else wc * r_scale[ps, None]
             E.mul_(ws[:, None, :] / tot)  # w p (scaled)
             E.scatter_add_(1, yc, -ws[:, None, :])  # minus w y, in float32 (keeps 1 - p_y exact)
-            if not curvature:  # f' = sum R U: one fused reduction
-                # (a product and a sum: Uc is a strided view, so a flat dot would first copy it)
-                d1[ps] += (E * Uc).sum((1, 2)) / (1.0 if r_scale is None else r_scale[ps])
             R[ps, :, cs] = E
+            if not curvature:  # f' = sum R U, multiplied in place (a temporary of the chunk's size costs as much)
+                d1[ps] += E.mul_(Uc).sum((1, 2)) / (1.0 if r_scale is None else r_scale[ps])
     if A is not None:
         ix = torch.tensor(pend, device=L.device)
         A[ix] /= mass[ix].clamp_min(1e-30)[:, None, None]
