@@ -347,8 +347,8 @@ def part_one_layer(a: argparse.Namespace, dev: torch.device, out: dict[str, Any]
                                        "iterations": res["iter"], "acc_minus_opt_points": d_s,
                                        "total_wall_s_extrapolated": tot_w, "total_cpu_s_extrapolated": tot_c}
         # the stated workload is one call on one layer (fresh buffers); the shared workspace is how the pipeline
-        # runs its later layers (on this VM memory left idle for tens of seconds, here during the other variants and
-        # scikit-learn's fits, is slower to touch again than fresh memory, so that variant reads 10-15 % slower)
+        # runs its later layers (on some VMs memory left idle for tens of seconds, here during the other variants
+        # and scikit-learn's fits, is slower to touch again than fresh memory: bench/bench_idle_memory.py)
         for name, key, tw, tc in ((" (one call, fresh buffers)", "_(fresh_buffers)", t_f, c_f),
                                   (" (workspace shared across repeats)", "", t_o, c_o),
                                   (" (21 distinct, shared workspace)", "_(21_distinct)", t_d, c_d)):

@@ -258,10 +258,9 @@ def row_sets(x: torch.Tensor, y: torch.Tensor, sets: Sequence[tuple[torch.Tensor
     shift = -c32 * inv
     # two chunk-sized float32 buffers reused by every chunk: a fresh block per chunk is new memory from the OS each
     # time, and its page faults cost about as much as the arithmetic. Chunks of 2,048 rows: 0.46 s per call on the
-    # part-1 benchmark against 0.63 s with 8,192 (the squares and the membership products stay nearer the core)
-    # the float32 chunk carries the constant column and the zero padding, so each chunk of ``data`` is written by one
-    # contiguous converting copy (filling the column and the padding across all rows of ``data`` by strided writes
-    # cost more than the rest of the pass)
+    # part-1 benchmark against 0.63 s with 8,192 (the squares and the membership products stay nearer the core).
+    # The float32 chunk carries the constant column and the zero padding, so each chunk of ``data`` is written by one
+    # contiguous converting copy (strided fills of those columns across all rows of ``data`` cost 0.14 s per call)
     xc_buf = torch.zeros(min(U, chunk_rows), shape[1], device=dev)
     xc_buf[:, D] = 1.0
     sq_buf = torch.empty(min(U, chunk_rows), D, device=dev)
@@ -471,21 +470,21 @@ class _Batch:
             tmp = self.ws.take("forward", (self.n, (q1 - q0) * C), self.dtype, d.device)
             torch.mm(self.z[s], d[q0:q1].reshape(-1, D1).T, out=tmp)
             rows = None if resid is None else resid[q0:q1].view(-1, self.n)
-            if rows is not None and dots is not None and self.dtype == torch.bfloat16:
-                # the per-class sums are the diagonal of one small product of the bfloat16 arrays (float32
-                # accumulation, each class's sum rounded once to bfloat16): ~0.5 ms against ~2.8 ms for converting
-                # and multiplying chunk by chunk (float16 could overflow there; float32 gains nothing)
-                diag = torch.mm(rows, tmp).diagonal().to(torch.float32)
-                dots[q0:q1] = diag.view(q1 - q0, C).sum(1)
-                rows = None
-            acc = None if rows is None else torch.zeros(rows.shape[0], device=d.device)
+            # the per-class sums of rows * Z d: in bfloat16 the diagonal of one small product of the two bfloat16
+            # arrays (float32 accumulation, each class's sum rounded once): ~0.5 ms against ~2.8 ms for converting
+            # and multiplying chunk by chunk; float16 could overflow there, and float32 chunks need no conversion
+            per_class = None
+            if rows is not None and self.dtype == torch.bfloat16:
+                per_class = torch.mm(rows, tmp).diagonal().to(torch.float32)
+            elif rows is not None:
+                per_class = torch.zeros(rows.shape[0], device=d.device)
             for c0 in range(0, self.n, _CHUNK):
                 u = dest[:, c0:c0 + _CHUNK]
                 u.copy_(tmp[c0:c0 + _CHUNK].T)
-                if rows is not None and acc is not None:
-                    acc += (rows[:, c0:c0 + _CHUNK].to(torch.float32) * u).sum(1)
-            if dots is not None and acc is not None:
-                dots[q0:q1] = acc.view(q1 - q0, C).sum(1)
+                if rows is not None and per_class is not None and self.dtype != torch.bfloat16:
+                    per_class += (rows[:, c0:c0 + _CHUNK].to(torch.float32) * u).sum(1)
+            if dots is not None and per_class is not None:
+                dots[q0:q1] = per_class.view(q1 - q0, C).sum(1)
         return out, dots
 
     def gradient(self, R: torch.Tensor, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
@@ -576,7 +575,7 @@ def _evaluate(L: torch.Tensor, U: torch.Tensor, alpha: torch.Tensor, y: torch.Te
             E.mul_(ws[:, None, :] / tot)  # w p (scaled)
             E.scatter_add_(1, yc, -ws[:, None, :])  # minus w y, in float32 (keeps 1 - p_y exact)
             R[ps, :, cs] = E
-            if not curvature:  # f' = sum R U, multiplied in place (a temporary of the chunk's size costs as much)
+            if not curvature:  # f' = sum R U, multiplied in place (no chunk-sized temporary: 240 -> 190 ms per call)
                 d1[ps] += E.mul_(Uc).sum((1, 2)) / (1.0 if r_scale is None else r_scale[ps])
     if A is not None:
         ix = torch.tensor(pend, device=L.device)
